@@ -1,0 +1,128 @@
+"""The SparseCoder base: encode / decode / forward shared by every architecture.
+
+Parameters are named exactly as SAELens stores them (``W_enc`` [d_in, d_sae], ``b_enc``,
+``W_dec`` [d_sae, d_in], ``b_dec``) so a state dict maps onto the on-disk format one to one.
+Inputs are multiplied by ``input_scale`` before the math and reconstructions divided by it
+after, so callers always speak in the model's own activation units.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from sae_core.config import SaeConfig
+from sae_core.geometry import geometric_median, input_scale_for, normalize_rows_, random_directions
+
+
+class SaeOutput(NamedTuple):
+    """What a forward pass returns."""
+
+    x_hat_BD: Tensor
+    """Reconstruction, in input units."""
+    acts_BF: Tensor
+    """Latent activations."""
+    loss: Tensor
+    """Total training loss (scalar): the sum of ``losses``."""
+    losses: dict[str, Tensor]
+    """Named, already weighted loss terms: mse, sparsity, aux, pre_act_std."""
+
+
+class SparseCoder(nn.Module):
+    """A sparse autoencoder; subclasses choose the activation function and sparsity loss."""
+
+    architecture: ClassVar[str]
+    unit_norm_decoder: ClassVar[bool] = True
+    """Decoder rows are kept at unit norm (False where norms enter the sparsity penalty)."""
+
+    def __init__(self, cfg: SaeConfig) -> None:
+        super().__init__()
+        if cfg.architecture != self.architecture:
+            raise ValueError(f"{type(self).__name__} needs architecture={self.architecture!r}, got {cfg.architecture!r}")
+        self.cfg = cfg
+        d_in, d_sae = cfg.d_in, cfg.d_sae
+        generator = torch.Generator().manual_seed(cfg.seed)
+        row_norm = 1.0 if self.unit_norm_decoder else cfg.decoder_init_norm
+        W_dec_FD = random_directions(d_sae, d_in, generator, norm=row_norm)
+        self.W_dec = nn.Parameter(W_dec_FD)
+        # Encoder starts as the decoder transpose: each latent first reads the direction it writes.
+        self.W_enc = nn.Parameter(W_dec_FD.T.clone())
+        self.b_enc = nn.Parameter(torch.zeros(d_sae))
+        self.b_dec = nn.Parameter(torch.zeros(d_in))
+        self.register_buffer("input_scale", torch.tensor(1.0))
+        self.register_buffer("initialized", torch.tensor(False))
+        # Training tokens since each latent last fired: drives AuxK and dead-latent metrics.
+        self.register_buffer("tokens_since_fired", torch.zeros(d_sae, dtype=torch.long))
+
+    # -- initialisation -------------------------------------------------------------------
+    @torch.no_grad()
+    def init_from_data(self, x_ND: Tensor) -> None:
+        """Set the input scale and b_dec from a sample of activations (once, before training)."""
+        scale = input_scale_for(x_ND) if self.cfg.normalize_activations else 1.0
+        self.input_scale.fill_(scale)
+        xs_ND = x_ND.float() * scale
+        if self.cfg.b_dec_init == "mean":
+            self.b_dec.copy_(xs_ND.mean(dim=0))
+        elif self.cfg.b_dec_init == "geometric_median":
+            self.b_dec.copy_(geometric_median(xs_ND))
+        self.initialized.fill_(True)
+
+    # -- the math --------------------------------------------------------------------------
+    def scale_inputs(self, x_BD: Tensor) -> Tensor:
+        """Inputs in the SAE's dtype, scaled to mean norm sqrt(d_in) when normalising."""
+        return x_BD.to(self.b_dec.dtype) * self.input_scale
+
+    def pre_activation(self, xs_BD: Tensor) -> Tensor:
+        """Encoder pre-activation of scaled inputs: (x - b_dec) W_enc + b_enc."""
+        return (xs_BD - self.b_dec) @ self.W_enc + self.b_enc
+
+    def latents(self, xs_BD: Tensor) -> tuple[Tensor, Tensor]:
+        """(acts_BF, pre_BF) for scaled inputs; pre_BF is what the sparsity losses read."""
+        raise NotImplementedError
+
+    def sparsity_losses(self, xs_BD: Tensor, pre_BF: Tensor, acts_BF: Tensor, xs_hat_BD: Tensor) -> dict[str, Tensor]:
+        """Unweighted-by-schedule sparsity / auxiliary terms of this architecture."""
+        raise NotImplementedError
+
+    def decode_scaled(self, acts_BF: Tensor) -> Tensor:
+        """Reconstruction in scaled units."""
+        return acts_BF @ self.W_dec + self.b_dec
+
+    def encode(self, x_BD: Tensor) -> Tensor:
+        """Latent activations of inputs given in model units."""
+        return self.latents(self.scale_inputs(x_BD))[0]
+
+    def decode(self, acts_BF: Tensor) -> Tensor:
+        """Reconstruction in model units from latent activations."""
+        return self.decode_scaled(acts_BF) / self.input_scale
+
+    def forward(self, x_BD: Tensor, sparsity_scale: float = 1.0) -> SaeOutput:
+        """Reconstruct x and compute the loss; sparsity_scale ramps the sparsity weight in training."""
+        xs_BD = self.scale_inputs(x_BD)
+        acts_BF, pre_BF = self.latents(xs_BD)
+        xs_hat_BD = self.decode_scaled(acts_BF)
+        losses = {"mse": (xs_hat_BD - xs_BD).pow(2).sum(dim=-1).mean()}
+        for name, term in self.sparsity_losses(xs_BD, pre_BF, acts_BF, xs_hat_BD).items():
+            losses[name] = term * sparsity_scale if name == "sparsity" else term
+        if self.cfg.pre_act_std_coefficient > 0:
+            losses["pre_act_std"] = self.cfg.pre_act_std_coefficient * pre_BF.mean(dim=0).std()
+        if self.training:
+            self._track_firing(acts_BF)
+        return SaeOutput(xs_hat_BD / self.input_scale, acts_BF, sum(losses.values()), losses)
+
+    @torch.no_grad()
+    def _track_firing(self, acts_BF: Tensor) -> None:
+        fired_F = (acts_BF > 0).any(dim=0)
+        self.tokens_since_fired.add_(acts_BF.shape[0]).masked_fill_(fired_F, 0)
+
+    def dead_latents(self) -> Tensor:
+        """Boolean mask [d_sae] of latents silent for cfg.dead_after_tokens training tokens."""
+        return self.tokens_since_fired >= self.cfg.dead_after_tokens
+
+    @torch.no_grad()
+    def apply_constraints(self) -> None:
+        """Re-impose parameter constraints after an optimiser step."""
+        if self.unit_norm_decoder:
+            normalize_rows_(self.W_dec)

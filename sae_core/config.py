@@ -1,0 +1,196 @@
+"""Config dataclasses the SAE math sees: one for the architecture, one for its optimisation.
+
+Every field has a docstring; ``__post_init__`` rejects a bad value before any tensor is made,
+naming the field, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu", "gated")
+B_DEC_INITS = ("zeros", "mean", "geometric_median")
+OPTIMIZERS = ("adam", "muon")
+
+
+class ConfigError(ValueError):
+    """A config field holds a value the SAE cannot be built or trained with."""
+
+
+def _reject(cls_name: str, name: str, value: Any, allowed: str) -> None:
+    raise ConfigError(f"{cls_name}.{name}={value!r} is invalid: {allowed}")
+
+
+@dataclass
+class SaeConfig:
+    """What defines one sparse autoencoder: its shape, activation function and sparsity loss."""
+
+    architecture: str
+    """One of relu, topk, batchtopk, jumprelu, gated."""
+
+    d_in: int
+    """Width of the activations the SAE reads (the model's d_model at the hookpoint)."""
+
+    expansion_factor: float = 8.0
+    """Dictionary size as a multiple of d_in; ignored when d_sae is given."""
+
+    d_sae: int | None = None
+    """Dictionary size (number of latents). Defaults to round(expansion_factor * d_in)."""
+
+    k: int = 32
+    """Active latents per token for topk; mean active latents per token for batchtopk."""
+
+    sparsity_coefficient: float = 5.0
+    """Weight of the sparsity penalty: L1 (relu, gated) or L0 (jumprelu). Unused by topk/batchtopk."""
+
+    sparsity_warmup_fraction: float = 0.05
+    """Fraction of training over which the sparsity weight ramps linearly from 0 (Anthropic, Apr 2024)."""
+
+    aux_k_coefficient: float = 1.0 / 32.0
+    """Weight of the AuxK dead-latent loss for topk/batchtopk (Gao et al. 2024 use 1/32)."""
+
+    aux_k: int | None = None
+    """Latents the AuxK loss may use; defaults to d_in // 2 (Gao et al. 2024)."""
+
+    dead_after_tokens: int = 10_000_000
+    """A latent that has not fired for this many training tokens counts as dead (AuxK, metrics)."""
+
+    jumprelu_bandwidth: float = 0.05
+    """Width of the rectangle kernel of JumpReLU's straight-through estimator."""
+
+    jumprelu_init_threshold: float = 0.01
+    """Initial JumpReLU threshold for every latent (SAELens default for sqrt(d_in)-scaled inputs)."""
+
+    batchtopk_threshold_momentum: float = 0.01
+    """EMA rate of the BatchTopK inference threshold (mean of the smallest kept activation)."""
+
+    pre_act_std_coefficient: float = 0.0
+    """Weight of a penalty on the std across latents of the batch-mean encoder pre-activation.
+
+    A practical dead-latent mitigation: it keeps any latent's mean pre-activation from drifting
+    far below the others (where it would never fire again). 0 turns it off.
+    """
+
+    decoder_init_norm: float = 0.1
+    """Initial norm of decoder rows for relu (Anthropic, Apr 2024); others start at unit norm."""
+
+    b_dec_init: str = "geometric_median"
+    """How b_dec is initialised from the first batch: zeros, mean or geometric_median."""
+
+    normalize_activations: bool = True
+    """Scale inputs so their mean norm is sqrt(d_in); the scale is folded into exported weights."""
+
+    seed: int = 0
+    """Seed of the weight initialisation."""
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        if self.architecture not in ARCHITECTURES:
+            _reject(name, "architecture", self.architecture, f"one of {', '.join(ARCHITECTURES)}")
+        if not isinstance(self.d_in, int) or self.d_in < 1:
+            _reject(name, "d_in", self.d_in, "a positive integer")
+        if not (self.expansion_factor > 0 and math.isfinite(self.expansion_factor)):
+            _reject(name, "expansion_factor", self.expansion_factor, "a finite number > 0")
+        if self.d_sae is None:
+            self.d_sae = max(1, round(self.expansion_factor * self.d_in))
+        if not isinstance(self.d_sae, int) or self.d_sae < 1:
+            _reject(name, "d_sae", self.d_sae, "a positive integer")
+        if self.architecture in ("topk", "batchtopk") and not 1 <= self.k <= self.d_sae:
+            _reject(name, "k", self.k, f"an integer in 1..d_sae={self.d_sae}")
+        if self.aux_k is None:
+            self.aux_k = max(1, self.d_in // 2)
+        if not 1 <= self.aux_k <= self.d_sae:
+            _reject(name, "aux_k", self.aux_k, f"an integer in 1..d_sae={self.d_sae}")
+        for non_negative in ("sparsity_coefficient", "aux_k_coefficient", "pre_act_std_coefficient"):
+            value = getattr(self, non_negative)
+            if not (value >= 0 and math.isfinite(value)):
+                _reject(name, non_negative, value, "a finite number >= 0")
+        if not 0 <= self.sparsity_warmup_fraction <= 1:
+            _reject(name, "sparsity_warmup_fraction", self.sparsity_warmup_fraction, "a number in [0, 1]")
+        for positive in ("jumprelu_bandwidth", "jumprelu_init_threshold", "decoder_init_norm"):
+            value = getattr(self, positive)
+            if not (value > 0 and math.isfinite(value)):
+                _reject(name, positive, value, "a finite number > 0")
+        if not 0 < self.batchtopk_threshold_momentum <= 1:
+            _reject(name, "batchtopk_threshold_momentum", self.batchtopk_threshold_momentum, "a number in (0, 1]")
+        if self.dead_after_tokens < 1:
+            _reject(name, "dead_after_tokens", self.dead_after_tokens, "a positive integer")
+        if self.b_dec_init not in B_DEC_INITS:
+            _reject(name, "b_dec_init", self.b_dec_init, f"one of {', '.join(B_DEC_INITS)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict of every field."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "SaeConfig":
+        """Build from a dict, rejecting keys that are not fields (typos must not pass silently)."""
+        return _from_dict(cls, values)
+
+
+@dataclass
+class TrainConfig:
+    """How one SAE is optimised: learning rate, its schedule, the optimiser and clipping."""
+
+    total_steps: int
+    """Number of optimiser steps planned; the schedules (warm-up, decay, sparsity ramp) use it."""
+
+    lr: float = 3e-4
+    """Peak learning rate."""
+
+    warmup_steps: int = 0
+    """Steps of linear learning-rate warm-up from 0 to lr."""
+
+    decay_fraction: float = 0.2
+    """Final fraction of training over which the learning rate decays linearly to 0 (Anthropic, Apr 2024)."""
+
+    optimizer: str = "adam"
+    """adam, or muon (Muon on weight matrices, Adam on biases and thresholds)."""
+
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    """Adam's beta1, beta2."""
+
+    max_grad_norm: float | None = 1.0
+    """Clip the global gradient norm to this value; None disables clipping."""
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        if not isinstance(self.total_steps, int) or self.total_steps < 1:
+            _reject(name, "total_steps", self.total_steps, "a positive integer")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            _reject(name, "lr", self.lr, "a finite number > 0")
+        if not 0 <= self.warmup_steps <= self.total_steps:
+            _reject(name, "warmup_steps", self.warmup_steps, f"an integer in 0..total_steps={self.total_steps}")
+        if not 0 <= self.decay_fraction <= 1:
+            _reject(name, "decay_fraction", self.decay_fraction, "a number in [0, 1]")
+        if self.optimizer not in OPTIMIZERS:
+            _reject(name, "optimizer", self.optimizer, f"one of {', '.join(OPTIMIZERS)}")
+        self.adam_betas = tuple(self.adam_betas)  # JSON round trips give lists
+        if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
+            _reject(name, "adam_betas", self.adam_betas, "two numbers in [0, 1)")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            _reject(name, "max_grad_norm", self.max_grad_norm, "a number > 0 or None")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict of every field."""
+        values = asdict(self)
+        values["adam_betas"] = list(self.adam_betas)
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        """Build from a dict, rejecting keys that are not fields."""
+        return _from_dict(cls, values)
+
+
+def _from_dict(cls: type, values: dict[str, Any]) -> Any:
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{cls.__name__} has no field(s) {unknown}; known fields: {sorted(known)}")
+    return cls(**values)
+
+
+__all__ = ["ARCHITECTURES", "ConfigError", "SaeConfig", "TrainConfig"]

@@ -1,0 +1,83 @@
+"""JumpReLU SAE with an L0 penalty trained by straight-through estimators.
+
+Rajamanoharan et al. 2024, "Jumping Ahead: Improving Reconstruction Fidelity with JumpReLU
+Sparse Autoencoders". The threshold theta (per latent) gets a pseudo-gradient from a rectangle
+kernel of width `bandwidth` around pre = theta, since the true gradient of the jump is zero
+almost everywhere.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from sae_core.base import SparseCoder
+from sae_core.config import SaeConfig
+
+
+def _rectangle(z: Tensor) -> Tensor:
+    return ((z > -0.5) & (z < 0.5)).to(z.dtype)
+
+
+class _JumpReLUFn(torch.autograd.Function):
+    """pre * H(pre - theta), with d/dtheta = -(theta / eps) * K((pre - theta) / eps)."""
+
+    @staticmethod
+    def forward(ctx, pre_BF: Tensor, threshold_F: Tensor, bandwidth: float) -> Tensor:
+        ctx.save_for_backward(pre_BF, threshold_F)
+        ctx.bandwidth = bandwidth
+        return pre_BF * (pre_BF > threshold_F)
+
+    @staticmethod
+    def backward(ctx, grad_BF: Tensor) -> tuple[Tensor, Tensor, None]:
+        pre_BF, threshold_F = ctx.saved_tensors
+        eps = ctx.bandwidth
+        grad_pre_BF = grad_BF * (pre_BF > threshold_F)
+        kernel_BF = _rectangle((pre_BF - threshold_F) / eps)
+        grad_threshold_F = (-(threshold_F / eps) * kernel_BF * grad_BF).sum(dim=0)
+        return grad_pre_BF, grad_threshold_F, None
+
+
+class _StepFn(torch.autograd.Function):
+    """H(pre - theta), with d/dtheta = -(1 / eps) * K((pre - theta) / eps) and no gradient to pre."""
+
+    @staticmethod
+    def forward(ctx, pre_BF: Tensor, threshold_F: Tensor, bandwidth: float) -> Tensor:
+        ctx.save_for_backward(pre_BF, threshold_F)
+        ctx.bandwidth = bandwidth
+        return (pre_BF > threshold_F).to(pre_BF.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_BF: Tensor) -> tuple[None, Tensor, None]:
+        pre_BF, threshold_F = ctx.saved_tensors
+        eps = ctx.bandwidth
+        grad_threshold_F = (-(1.0 / eps) * _rectangle((pre_BF - threshold_F) / eps) * grad_BF).sum(dim=0)
+        return None, grad_threshold_F, None
+
+
+class JumpReluSae(SparseCoder):
+    """acts = pre * H(pre - theta); sparsity = lambda * L0 (mean count of active latents)."""
+
+    architecture = "jumprelu"
+
+    def __init__(self, cfg: SaeConfig) -> None:
+        super().__init__(cfg)
+        # Stored as a log so the threshold stays positive under any optimiser step.
+        self.log_threshold = nn.Parameter(torch.full((cfg.d_sae,), math.log(cfg.jumprelu_init_threshold)))
+
+    @property
+    def threshold(self) -> Tensor:
+        """Per-latent threshold theta [d_sae]."""
+        return self.log_threshold.exp()
+
+    def latents(self, xs_BD: Tensor) -> tuple[Tensor, Tensor]:
+        """JumpReLU of the pre-activation."""
+        pre_BF = self.pre_activation(xs_BD)
+        return _JumpReLUFn.apply(pre_BF, self.threshold, self.cfg.jumprelu_bandwidth), pre_BF
+
+    def sparsity_losses(self, xs_BD: Tensor, pre_BF: Tensor, acts_BF: Tensor, xs_hat_BD: Tensor) -> dict[str, Tensor]:
+        """L0 penalty through the step function's straight-through estimator."""
+        l0_B = _StepFn.apply(pre_BF, self.threshold, self.cfg.jumprelu_bandwidth).sum(dim=-1)
+        return {"sparsity": self.cfg.sparsity_coefficient * l0_B.mean()}

@@ -1,0 +1,145 @@
+"""Conversion to and from SAELens's on-disk format (cfg.json dict + sae_weights tensors).
+
+Pure and I/O-free: infra writes the returned dicts to storage. The input scale used in
+training is folded into the weights, so the exported SAE reads raw model activations:
+pre = (x*s - b) W + c = (x - b/s)(sW) + c, and x_hat = (a W_dec + b)/s.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor
+
+from sae_core.base import SparseCoder
+from sae_core.batchtopk import BatchTopKSae
+from sae_core.config import SaeConfig
+from sae_core.jumprelu import JumpReluSae
+from sae_core.registry import build_sae
+
+SAELENS_FORMAT_VERSION = "6.49.2"
+"""Written as metadata.sae_lens_version: SAELens treats configs without it as pre-6.0 and drops metadata."""
+
+_EXPORT_ARCHITECTURE = {"relu": "standard", "topk": "topk", "batchtopk": "jumprelu", "jumprelu": "jumprelu", "gated": "gated"}
+_IMPORT_ARCHITECTURE = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu", "gated": "gated"}
+_TENSOR_SHAPES = {
+    "standard": {"W_enc": "DF", "b_enc": "F", "W_dec": "FD", "b_dec": "D"},
+    "topk": {"W_enc": "DF", "b_enc": "F", "W_dec": "FD", "b_dec": "D"},
+    "jumprelu": {"W_enc": "DF", "b_enc": "F", "W_dec": "FD", "b_dec": "D", "threshold": "F"},
+    "gated": {"W_enc": "DF", "W_dec": "FD", "b_dec": "D", "b_gate": "F", "b_mag": "F", "r_mag": "F"},
+}
+
+
+class SaeFormatError(ValueError):
+    """A SAELens-format config or tensor set breaks a rule of the format."""
+
+
+@torch.no_grad()
+def to_saelens(sae: SparseCoder, metadata: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """(cfg dict, tensors) for cfg.json and sae_weights.safetensors, input scaling folded in."""
+    scale = float(sae.input_scale)
+    tensors = {
+        "W_enc": sae.W_enc * scale,
+        "W_dec": sae.W_dec / scale,
+        "b_dec": sae.b_dec / scale,
+    }
+    if hasattr(sae, "b_enc"):
+        tensors["b_enc"] = sae.b_enc.clone()
+    if isinstance(sae, JumpReluSae):
+        tensors["threshold"] = sae.threshold.clone()
+    elif isinstance(sae, BatchTopKSae):
+        # Inference for BatchTopK is a JumpReLU whose threshold is the same for every latent.
+        tensors["threshold"] = sae.threshold.expand(sae.cfg.d_sae).clone()
+    elif sae.architecture == "gated":
+        tensors.update(b_gate=sae.b_gate.clone(), b_mag=sae.b_mag.clone(), r_mag=sae.r_mag.clone())
+    tensors = {name: value.detach().float().cpu().contiguous() for name, value in tensors.items()}
+    cfg: dict[str, Any] = {
+        "architecture": _EXPORT_ARCHITECTURE[sae.architecture],
+        "d_in": sae.cfg.d_in,
+        "d_sae": sae.cfg.d_sae,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": True,
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+        "metadata": {
+            "sae_lens_version": SAELENS_FORMAT_VERSION,
+            "sae_lens_training_version": SAELENS_FORMAT_VERSION,
+            "training_architecture": sae.architecture,
+            "saeflow_config": sae.cfg.to_dict(),
+            "saeflow_input_scale": scale,
+            **(metadata or {}),
+        },
+    }
+    if sae.architecture == "topk":
+        cfg.update(k=sae.cfg.k, rescale_acts_by_decoder_norm=False)
+    return cfg, tensors
+
+
+def _check_tensors(architecture: str, tensors: Mapping[str, Tensor], d_in: int, d_sae: int, source: str) -> None:
+    expected = _TENSOR_SHAPES[architecture]
+    missing = sorted(set(expected) - set(tensors))
+    if missing:
+        raise SaeFormatError(f"{source}: {architecture} SAE is missing tensor(s) {missing}")
+    sizes = {"D": d_in, "F": d_sae}
+    for name, axes in expected.items():
+        want = tuple(sizes[axis] for axis in axes)
+        if tuple(tensors[name].shape) != want:
+            raise SaeFormatError(f"{source}: tensor {name} has shape {tuple(tensors[name].shape)}, expected {want} (d_in={d_in}, d_sae={d_sae})")
+        if not torch.isfinite(tensors[name]).all():
+            raise SaeFormatError(f"{source}: tensor {name} holds NaN or inf values")
+
+
+@torch.no_grad()
+def from_saelens(cfg: Mapping[str, Any], tensors: Mapping[str, Tensor], source: str = "<memory>") -> SparseCoder:
+    """An inference-ready SAE from a SAELens cfg dict and tensors; errors name `source` and the rule."""
+    architecture = cfg.get("architecture")
+    if architecture not in _IMPORT_ARCHITECTURE:
+        raise SaeFormatError(f"{source}: architecture={architecture!r} is not one of {sorted(_IMPORT_ARCHITECTURE)}")
+    for key in ("d_in", "d_sae"):
+        if not isinstance(cfg.get(key), int) or cfg[key] < 1:
+            raise SaeFormatError(f"{source}: cfg field {key}={cfg.get(key)!r} must be a positive integer")
+    normalize = cfg.get("normalize_activations", "none")
+    if normalize not in ("none", "expected_average_only_in"):
+        raise SaeFormatError(f"{source}: normalize_activations={normalize!r} is not supported (only none / expected_average_only_in)")
+    if cfg.get("reshape_activations", "none") != "none":
+        raise SaeFormatError(f"{source}: reshape_activations={cfg['reshape_activations']!r} is not supported")
+    d_in, d_sae = cfg["d_in"], cfg["d_sae"]
+    _check_tensors(architecture, tensors, d_in, d_sae, source)
+    weights = {name: tensors[name].float() for name in _TENSOR_SHAPES[architecture]}
+    if not cfg.get("apply_b_dec_to_input", True):
+        # pre = x W + c = (x - b) W + (c + b W): fold so our encoder can always centre on b_dec.
+        bias_name = "b_gate" if architecture == "gated" else "b_enc"
+        weights[bias_name] = weights[bias_name] + weights["b_dec"] @ weights["W_enc"]
+        if architecture == "gated":
+            weights["b_mag"] = weights["b_mag"] + weights["b_dec"] @ (weights["W_enc"] * weights["r_mag"].exp())
+    if architecture == "topk" and cfg.get("rescale_acts_by_decoder_norm", False):
+        # acts scaled by decoder norms then decoded by unit rows == the same SAE with norms folded.
+        norm_F = weights["W_dec"].norm(dim=1)
+        weights.update(W_enc=weights["W_enc"] * norm_F, b_enc=weights["b_enc"] * norm_F, W_dec=weights["W_dec"] / norm_F[:, None])
+    sae_cfg = SaeConfig(
+        architecture=_IMPORT_ARCHITECTURE[architecture],
+        d_in=d_in,
+        d_sae=d_sae,
+        k=int(cfg.get("k", min(32, d_sae))),
+        normalize_activations=False,
+        b_dec_init="zeros",
+    )
+    sae = build_sae(sae_cfg)
+    if architecture == "jumprelu":
+        # SAELens compares against relu(threshold); a tiny positive floor keeps log() finite.
+        sae.log_threshold.copy_(weights.pop("threshold").clamp_min(1e-12).log())
+    for name, value in weights.items():
+        getattr(sae, name).copy_(value)
+    sae.initialized.fill_(True)
+    return sae.eval()
+
+
+def sparsity_tensor(fire_count_F: Tensor, num_tokens: int) -> dict[str, Tensor]:
+    """sparsity.safetensors content: log10 feature density under the key SAELens reads."""
+    density_F = fire_count_F.double() / max(num_tokens, 1)
+    return {"sparsity": (density_F + 1e-10).log10().float().contiguous()}
+
+
+__all__ = ["SAELENS_FORMAT_VERSION", "SaeFormatError", "from_saelens", "sparsity_tensor", "to_saelens"]

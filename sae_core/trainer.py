@@ -1,0 +1,112 @@
+"""Training: one SaeTrainer per SAE, and fit_many to drive a group of them on one stream."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from sae_core.base import SparseCoder
+from sae_core.config import TrainConfig
+from sae_core.geometry import remove_parallel_gradient_
+from sae_core.metrics import fraction_variance_unexplained, l0_norm
+from sae_core.optim import build_optimizers, lr_at, sparsity_scale_at
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN/inf loss; the step and the loss terms are in the message."""
+
+
+class SaeTrainer:
+    """Owns one SAE, its optimiser(s) and its position in the schedule."""
+
+    def __init__(self, sae: SparseCoder, cfg: TrainConfig) -> None:
+        self.sae = sae
+        self.cfg = cfg
+        self.optimizers = build_optimizers(sae, cfg)
+        self.step = 0
+        """Optimiser steps taken so far."""
+        self.tokens_seen = 0
+        """Training tokens consumed so far."""
+
+    @property
+    def done(self) -> bool:
+        """True once the planned number of steps has been taken."""
+        return self.step >= self.cfg.total_steps
+
+    @property
+    def device(self) -> torch.device:
+        """Device the SAE's parameters live on."""
+        return self.sae.W_dec.device
+
+    def train_step(self, x_BD: Tensor) -> dict[str, Tensor]:
+        """One optimiser step on a batch; returns detached per-step metrics (no host sync)."""
+        sae = self.sae
+        sae.train()
+        if not bool(sae.initialized):
+            sae.init_from_data(x_BD)
+        lr = lr_at(self.step, self.cfg)
+        for optimizer in self.optimizers:
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+        sparsity_scale = sparsity_scale_at(self.step, sae.cfg, self.cfg)
+        # bf16 autocast on CUDA: matmuls in bf16, parameters and optimiser state in fp32.
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=x_BD.is_cuda):
+            out = sae(x_BD, sparsity_scale=sparsity_scale)
+        if not torch.isfinite(out.loss):
+            # Raise before the optimiser touches the weights, so the last checkpoint stays good.
+            terms = {name: float(term) for name, term in out.losses.items()}
+            raise NonFiniteLossError(f"{sae.architecture} SAE: non-finite loss at step {self.step}: {terms}")
+        out.loss.backward()
+        if sae.unit_norm_decoder:
+            remove_parallel_gradient_(sae.W_dec)
+        if self.cfg.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(sae.parameters(), self.cfg.max_grad_norm)
+        for optimizer in self.optimizers:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        sae.apply_constraints()
+        self.step += 1
+        self.tokens_seen += x_BD.shape[0]
+        with torch.no_grad():
+            metrics = {name: term.detach() for name, term in out.losses.items()}
+            metrics["loss"] = out.loss.detach()
+            metrics["l0"] = l0_norm(out.acts_BF)
+            metrics["fvu"] = fraction_variance_unexplained(x_BD.float(), out.x_hat_BD.float())
+            metrics["lr"] = torch.tensor(lr)
+        return metrics
+
+
+@dataclass
+class StepReport:
+    """Metrics of one shared batch, one dict per trainer (None for a trainer already done)."""
+
+    step: int
+    """Index of the batch in the stream this call consumed (0-based)."""
+    metrics: list[dict[str, Tensor] | None]
+
+
+def fit_many(trainers: Sequence[SaeTrainer], batches: Iterable[Tensor]) -> Iterator[StepReport]:
+    """Train several SAEs on ONE stream: each batch is read once and fed to every unfinished SAE.
+
+    Stops when every trainer has taken its planned steps or the stream ends. Resuming is the
+    caller's business on the data side: restore the trainers, then pass the stream from the
+    batch after the last one they saw.
+    """
+    if not trainers:
+        raise ValueError("fit_many needs at least one trainer")
+    for index, x_BD in enumerate(batches):
+        if all(trainer.done for trainer in trainers):
+            return
+        on_device: dict[torch.device, Tensor] = {}
+        metrics: list[dict[str, Tensor] | None] = []
+        for trainer in trainers:
+            if trainer.done:
+                metrics.append(None)
+                continue
+            if trainer.device not in on_device:
+                on_device[trainer.device] = x_BD.to(trainer.device, non_blocking=True)
+            metrics.append(trainer.train_step(on_device[trainer.device]))
+        yield StepReport(step=index, metrics=metrics)
