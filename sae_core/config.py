@@ -52,7 +52,7 @@ class SaeConfig:
     """Weight of the AuxK dead-latent loss for topk/batchtopk (Gao et al. 2024 use 1/32)."""
 
     aux_k: int | None = None
-    """Latents the AuxK loss may use; defaults to d_in // 2 (Gao et al. 2024)."""
+    """Latents the AuxK loss may use; defaults to d_in // 2 (Gao et al. 2024), at most d_sae."""
 
     dead_after_tokens: int = 10_000_000
     """A latent that has not fired for this many training tokens counts as dead (AuxK, metrics)."""
@@ -60,8 +60,13 @@ class SaeConfig:
     jumprelu_bandwidth: float = 0.05
     """Width of the rectangle kernel of JumpReLU's straight-through estimator."""
 
-    jumprelu_init_threshold: float = 0.01
-    """Initial JumpReLU threshold for every latent (SAELens default for sqrt(d_in)-scaled inputs)."""
+    jumprelu_init_threshold: float = 0.1
+    """Initial JumpReLU threshold for every latent, in sqrt(d_in)-scaled units.
+
+    0.1 rather than SAELens's 0.01: from 0.01 the threshold's pseudo-gradient (non-zero only
+    within bandwidth/2 of it) dies out before it reaches the scale of real activations, and
+    most latents stay on (measured: L0 ~100 of 256 on the synthetic benchmark vs 3.3 from 0.1).
+    """
 
     batchtopk_threshold_momentum: float = 0.01
     """EMA rate of the BatchTopK inference threshold (mean of the smallest kept activation)."""
@@ -100,7 +105,7 @@ class SaeConfig:
         if self.architecture in ("topk", "batchtopk") and not 1 <= self.k <= self.d_sae:
             _reject(name, "k", self.k, f"an integer in 1..d_sae={self.d_sae}")
         if self.aux_k is None:
-            self.aux_k = max(1, self.d_in // 2)
+            self.aux_k = max(1, min(self.d_in // 2, self.d_sae))
         if not 1 <= self.aux_k <= self.d_sae:
             _reject(name, "aux_k", self.aux_k, f"an integer in 1..d_sae={self.d_sae}")
         for non_negative in ("sparsity_coefficient", "aux_k_coefficient", "pre_act_std_coefficient"):
