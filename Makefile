@@ -1,0 +1,27 @@
+# The two commands a newcomer needs: `make demo` and `make test`. Each builds .venv itself.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+# Nothing in the demo or the tests may reach the internet, W&B's servers included.
+OFFLINE := HF_HUB_OFFLINE=1 PREFECT_SERVER_ANALYTICS_ENABLED=false RAY_USAGE_STATS_ENABLED=0 \
+           RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 WANDB_MODE=offline
+
+.PHONY: setup demo test clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(OFFLINE) $(BIN)/python -m flows.synthetic_demo
+
+test: setup
+	$(OFFLINE) WANDB_MODE=disabled $(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) artifacts .pytest_cache

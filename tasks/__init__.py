@@ -1,0 +1,1 @@
+"""Prefect tasks: retryable, idempotent units of work that return references, never tensors."""
