@@ -6,7 +6,7 @@ Figures (tokens/s, higher is better):
     reported as a ratio (the grid-sweep case: each batch is produced once for the whole group).
 
 Activations are synthetic (sparse combinations of random directions), which costs the SAE
-the same FLOPs as real ones. Run: `.venv/bin/python bench/train_throughput.py [--steps N]`.
+the same FLOPs as real ones. Run: `.venv/bin/python -m bench.train_throughput [--steps N]`.
 """
 
 from __future__ import annotations

@@ -95,3 +95,10 @@ def test_resume_from_saved_state_matches_uninterrupted_run(architecture, optimiz
     assert resumed.step == straight.step == steps
     for name, value in straight.sae.state_dict().items():
         assert torch.equal(resumed.sae.state_dict()[name], value), f"{name} differs after resume"
+
+
+def test_pre_activation_std_penalty_is_optional(architecture):
+    x_BD = activation_batch(64)
+    assert "pre_act_std" not in make_sae(architecture)(x_BD).losses
+    penalised = make_sae(architecture, pre_act_std_coefficient=0.1)(x_BD)
+    assert float(penalised.losses["pre_act_std"]) > 0

@@ -25,7 +25,7 @@ def test_sae_recovers_true_features(architecture):
     """Mean over true features of the best decoder cosine must reach 0.9.
 
 Wall time is reported, not asserted (a loaded machine must not fail a correctness test):
-bench/recovery_time.py measures it, ~5-10 s per SAE on 2 CPU cores.
+bench/recovery_time.py measures it (docs/BENCHMARKS.md).
 """
     truth = SyntheticFeatures(d=D, num_features=NUM_FEATURES, firing_probability=0.03, seed=0)
     sae = build_sae(SaeConfig(architecture=architecture, d_in=D, d_sae=2 * NUM_FEATURES, **SETTINGS[architecture]))
