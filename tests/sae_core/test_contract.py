@@ -101,4 +101,4 @@ def test_pre_activation_std_penalty_is_optional(architecture):
     x_BD = activation_batch(64)
     assert "pre_act_std" not in make_sae(architecture)(x_BD).losses
     penalised = make_sae(architecture, pre_act_std_coefficient=0.1)(x_BD)
-    assert float(penalised.losses["pre_act_std"]) > 0
+    assert float(penalised.losses["pre_act_std"].detach()) > 0
