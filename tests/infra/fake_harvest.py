@@ -1,0 +1,43 @@
+"""A committed harvest written straight through the store (no model), for store and schema tests."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from infra.activation_store import harvest_uri, shard_schema, shard_table, write_manifest, write_shard_file
+
+HOOKPOINTS = ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
+D_MODEL, CONTEXT, CONTEXTS, PER_SHARD, VOCAB = 8, 4, 6, 4, 50
+
+
+def write_fake_harvest(root: str, dtype: str = "float16") -> tuple[str, dict]:
+    """Two hookpoints x two shards (4 + 2 contexts); returns (harvest uri, manifest)."""
+    harvest = harvest_uri(root, "fake-0123456789")
+    rng = np.random.default_rng(0)
+    shards = []
+    for index, (start, stop) in enumerate([(0, PER_SHARD), (PER_SHARD, CONTEXTS)]):
+        rows = (stop - start) * CONTEXT
+        seq_N = np.repeat(np.arange(start, stop, dtype=np.int64), CONTEXT)
+        pos_N = np.tile(np.arange(CONTEXT, dtype=np.int32), stop - start)
+        token_N = rng.integers(0, VOCAB, rows).astype(np.int32)
+        special_N = pos_N == 0
+        files = {}
+        for hp_index, hp in enumerate(HOOKPOINTS):
+            acts_ND = (seq_N[:, None] * 100 + pos_N[:, None] + hp_index * 0.5 + np.zeros((rows, D_MODEL))).astype(dtype)
+            schema = shard_schema(D_MODEL, dtype, {"hookpoint": hp, "model": "fake"})
+            files[hp] = write_shard_file(harvest, hp, index, shard_table(seq_N, pos_N, token_N, special_N, acts_ND, schema))
+        shards.append({"index": index, "rows": rows, "seq_start": start, "seq_stop": stop, "files": files})
+    manifest = {
+        "harvest_id": "fake-0123456789",
+        "model": "fake",
+        "hookpoints": HOOKPOINTS,
+        "d_model": D_MODEL,
+        "vocab_size": VOCAB,
+        "dtype": dtype,
+        "context_length": CONTEXT,
+        "num_contexts": CONTEXTS,
+        "num_rows": CONTEXTS * CONTEXT,
+        "shards": shards,
+    }
+    write_manifest(harvest, manifest)
+    return harvest, manifest
