@@ -1,11 +1,19 @@
 """One storage adapter parameterised only by URI: local paths / file:// in tests, s3:// in production.
 
 Writes go to a temporary key and are moved into place, so a reader never sees half an object.
+
+S3 is configured from the environment, so production code passes only URIs:
+  SAEFLOW_S3_ENDPOINT_URL   endpoint of an S3-compatible server (SeaweedFS, MinIO, ...); when set,
+                            s3:// URIs use it with path-style addressing. Unset means AWS itself.
+  AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or any other botocore credential source)
+                            are read by botocore itself; saeflow never logs or stores them.
+Explicit storage_options (endpoint_url, key, secret, config_kwargs, ...) override the environment.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 import uuid
 from typing import Any
@@ -14,6 +22,7 @@ import fsspec
 from fsspec import AbstractFileSystem
 
 SUPPORTED_SCHEMES = ("file", "s3", "memory")
+S3_ENDPOINT_ENV = "SAEFLOW_S3_ENDPOINT_URL"
 
 
 class StorageError(ValueError):
@@ -25,8 +34,27 @@ def filesystem(uri: str, **storage_options: Any) -> tuple[AbstractFileSystem, st
     scheme = uri.split("://", 1)[0] if "://" in uri else "file"
     if scheme not in SUPPORTED_SCHEMES:
         raise StorageError(f"storage URI {uri!r}: scheme {scheme!r} is not one of {', '.join(SUPPORTED_SCHEMES)}")
+    if scheme == "s3":
+        storage_options = s3_storage_options(storage_options)
     fs, path = fsspec.core.url_to_fs(uri, **storage_options)
     return fs, path
+
+
+def s3_storage_options(explicit: dict[str, Any]) -> dict[str, Any]:
+    """s3fs options: endpoint + path-style addressing from SAEFLOW_S3_ENDPOINT_URL, explicit ones winning."""
+    # A fresh filesystem per call: fsspec's instance cache keys on these options only, so a cached
+    # S3FileSystem would keep credentials (read from the environment) and listings that went stale.
+    options: dict[str, Any] = {"skip_instance_cache": True}
+    endpoint = os.environ.get(S3_ENDPOINT_ENV, "").strip()
+    if endpoint:
+        # S3-compatible servers (SeaweedFS, MinIO) serve buckets as paths, not as virtual hosts.
+        options["endpoint_url"] = endpoint
+        options["config_kwargs"] = {"s3": {"addressing_style": "path"}}
+    config_kwargs = {**options.get("config_kwargs", {}), **explicit.get("config_kwargs", {})}
+    options.update(explicit)
+    if config_kwargs:
+        options["config_kwargs"] = config_kwargs
+    return options
 
 
 def join(root: str, *parts: str) -> str:
@@ -42,15 +70,23 @@ def write_bytes_atomic(uri: str, payload: bytes, **storage_options: Any) -> None
     """Write payload to a temporary sibling key, then move it onto uri."""
     fs, path = filesystem(uri, **storage_options)
     parent = posixpath.dirname(path)
-    fs.makedirs(parent, exist_ok=True)
+    if not _is_object_store(fs):
+        # Object stores have no directories; makedirs there would try to create the bucket.
+        fs.makedirs(parent, exist_ok=True)
     tmp_path = posixpath.join(parent, f".tmp-{uuid.uuid4().hex}-{posixpath.basename(path)}")
     try:
         with fs.open(tmp_path, "wb") as handle:
             handle.write(payload)
+        # On S3 a move is copy + delete: readers see either no object or the whole new one.
         fs.mv(tmp_path, path)
     finally:
         if fs.exists(tmp_path):
             fs.rm(tmp_path)
+
+
+def _is_object_store(fs: AbstractFileSystem) -> bool:
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    return "s3" in protocols
 
 
 def read_bytes(uri: str, **storage_options: Any) -> bytes:
