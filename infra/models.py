@@ -226,17 +226,31 @@ def model_facts(config: PretrainedConfig) -> ModelFacts:
     )
 
 
+def _weights_source(ref: ModelRef) -> tuple[str, str | None]:
+    """(from_pretrained source, revision): the packaged cache, a local directory, or a hub id."""
+    if ref.kind == "packaged":
+        return str(packaged_model_dir()), None
+    if ref.kind == "local":
+        return str(_local_dir(ref)), None
+    return ref.name, ref.revision
+
+
+def load_tokenizer(ref: RefLike) -> PreTrainedTokenizerBase:
+    """The tokenizer of a model reference, without loading weights."""
+    ref = _as_ref(ref)
+    source, revision = _weights_source(ref)
+    try:
+        return AutoTokenizer.from_pretrained(source, revision=revision)
+    except (OSError, ValueError) as err:
+        raise ModelError(f"model reference {ref!s}: cannot load its tokenizer{_offline_hint()}: {err}") from err
+
+
 def load_model(
     ref: RefLike, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """(model, tokenizer) for a reference: eval mode, parameters frozen, on device (CUDA if present)."""
     ref = _as_ref(ref)
-    if ref.kind == "packaged":
-        source, revision = str(packaged_model_dir()), None
-    elif ref.kind == "local":
-        source, revision = str(_local_dir(ref)), None
-    else:
-        source, revision = ref.name, ref.revision
+    source, revision = _weights_source(ref)
     model_facts(load_model_config(ref))  # reject unsupported families before reading weights
     try:
         model = AutoModelForCausalLM.from_pretrained(source, revision=revision, dtype=dtype)

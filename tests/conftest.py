@@ -22,3 +22,20 @@ def ray_local():
     ensure_ray(num_cpus=2)
     yield ray
     ray.shutdown()
+
+
+from tests.s3_server import S3Server, s3_server  # noqa: E402,F401 - one session-wide SeaweedFS server
+
+# Variables that could point botocore somewhere else than the test server.
+FOREIGN_AWS_ENV = ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL",
+                    "AWS_ENDPOINT_URL_S3", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE")
+
+
+@pytest.fixture
+def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:  # noqa: F811
+    """Production-style configuration: endpoint + credentials in the environment only."""
+    for name in FOREIGN_AWS_ENV:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    return s3_server

@@ -19,25 +19,11 @@ from infra.storage import (
     write_bytes_atomic,
     write_json_atomic,
 )
-from tests.s3_server import S3Server, s3_server  # noqa: F401 - s3_server is a fixture
+from tests.conftest import FOREIGN_AWS_ENV
+from tests.s3_server import S3Server
 from tests.sae_core.helpers import activation_batch, make_sae
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
-
-# Variables that could point botocore somewhere else than the test server.
-_FOREIGN_AWS_ENV = ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL",
-                    "AWS_ENDPOINT_URL_S3", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE")
-
-
-@pytest.fixture
-def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:  # noqa: F811
-    """Production-style configuration: endpoint + credentials in the environment only."""
-    for name in _FOREIGN_AWS_ENV:
-        monkeypatch.delenv(name, raising=False)
-    for name, value in s3_server.env().items():
-        monkeypatch.setenv(name, value)
-    return s3_server
-
 
 @pytest.fixture
 def prefix(s3_env: S3Server) -> str:
@@ -115,7 +101,7 @@ def test_missing_key_names_the_uri(prefix: str) -> None:
 
 
 def test_explicit_storage_options_without_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
-    for name in (S3_ENDPOINT_ENV, "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", *_FOREIGN_AWS_ENV):
+    for name in (S3_ENDPOINT_ENV, "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", *FOREIGN_AWS_ENV):
         monkeypatch.delenv(name, raising=False)
     uri = s3_server.uri(f"explicit-{uuid.uuid4().hex[:12]}", "value.json")
     write_json_atomic(uri, {"explicit": True}, **s3_server.storage_options())

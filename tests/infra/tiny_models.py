@@ -26,7 +26,8 @@ N_LAYERS = 3
 D_MODEL = 32
 MAX_POSITIONS = 64
 EOS = "<|endoftext|>"
-CORPUS = Path("/work/shared/data/corpus/austen/emma.txt")
+# ../shared beside the repository (as in CI); pydoc topics stand in where it is absent.
+CORPUS = Path(__file__).resolve().parents[3] / "shared" / "data" / "corpus" / "austen" / "emma.txt"
 
 
 def _training_text() -> list[str]:

@@ -1,0 +1,58 @@
+"""Prefect tasks of the harvest stage: plan, harvest on Ray, validate. Each returns references."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+from prefect.context import TaskRunContext
+
+from infra.activation_store import MANIFEST_FILE, read_manifest
+from infra.harvest import HarvestJob
+from infra.harvest_plan import plan_harvest, run_harvest
+from infra.schemas import validate_harvest
+from infra.storage import exists, join
+from infra.tokens import TokenSpec
+from tasks.retry import STORAGE_RETRY, retry_unless_bad_input
+
+
+@task(**STORAGE_RETRY, retry_condition_fn=retry_unless_bad_input)
+def plan_harvest_task(spec: dict[str, Any]) -> dict[str, Any]:
+    """Validate the spec against the model's config and write the packed tokens; returns the job."""
+    token_spec = TokenSpec(
+        source=spec["source"],
+        tokenizer=spec["tokenizer"] or spec["model"],
+        context_length=spec["context_length"],
+        num_tokens=spec["num_tokens"],
+        seed=spec["seed"],
+        text_column=spec["text_column"],
+    )
+    job = plan_harvest(
+        model=spec["model"],
+        hookpoints=spec["hookpoints"],
+        token_spec=token_spec,
+        root=spec["root"],
+        dtype=spec["dtype"],
+        contexts_per_shard=spec["contexts_per_shard"],
+        batch_contexts=spec["batch_contexts"],
+    )
+    return job.to_dict()
+
+
+def harvest_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    """Cache on the harvest id AND on whether its manifest exists, so the cache agrees with storage."""
+    job = parameters["job"]
+    committed = exists(join(job["harvest"], MANIFEST_FILE))
+    return f"harvest:{job['harvest_id']}:{'committed' if committed else 'pending'}"
+
+
+@task(**STORAGE_RETRY, retry_condition_fn=retry_unless_bad_input, cache_key_fn=harvest_cache_key, persist_result=True)
+def harvest_task(job: dict[str, Any], num_actors: int = 1, ray_address: str | None = None) -> dict[str, Any]:
+    """Harvest every missing shard with a pool of Ray actors and commit the manifest."""
+    return run_harvest(HarvestJob(**job), num_actors=num_actors, ray_address=ray_address)
+
+
+@task(retries=2, retry_delay_seconds=2, retry_condition_fn=retry_unless_bad_input)
+def validate_harvest_task(harvest: str) -> dict[str, Any]:
+    """Check every shard against the pandera schema and the manifest's counts."""
+    return validate_harvest(harvest, read_manifest(harvest))

@@ -1,0 +1,153 @@
+"""Harvest: stored activations equal the model's own, resume, actor death, S3, and bad inputs."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.dataset as ds
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from infra.activation_store import activations_numpy, open_activations, read_manifest, read_tokens_table
+from infra.harvest import ShardHarvester
+from infra.harvest_plan import HarvestSpecError, commit_harvest, plan_harvest, run_harvest
+from infra.hookpoints import HookpointError
+from infra.models import load_model
+from infra.schemas import validate_harvest
+from infra.tokens import BUILTIN_PYDOC, TokenSpec, tokens_from_table
+from tests.infra.tiny_models import CORPUS, FAMILIES, MAX_POSITIONS, N_LAYERS, build_tiny_model
+
+SOURCE = str(CORPUS.parent) if CORPUS.is_file() else BUILTIN_PYDOC
+CONTEXT, CONTEXTS, PER_SHARD = 16, 12, 4
+HOOKPOINTS = ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_post", f"blocks.{N_LAYERS - 1}.hook_mlp_out"]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("models")
+    return {family: build_tiny_model(family, base / family) for family in FAMILIES}
+
+
+def plan(model_dir: Path, root: str, hookpoints=HOOKPOINTS, context=CONTEXT, dtype="float32"):
+    spec = TokenSpec(source=SOURCE, tokenizer=str(model_dir), context_length=context, num_tokens=CONTEXTS * context)
+    return plan_harvest(str(model_dir), hookpoints, spec, root, dtype=dtype, contexts_per_shard=PER_SHARD, batch_contexts=3)
+
+
+def harvest_in_process(job) -> None:
+    harvester = ShardHarvester(job, device="cpu")
+    for index in range(job.num_shards):
+        harvester.harvest(index)
+    commit_harvest(job)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_stored_activations_equal_the_models_own(models, family, tmp_path):
+    job = plan(models[family], str(tmp_path))
+    harvest_in_process(job)
+    manifest = read_manifest(job.harvest)
+    assert validate_harvest(job.harvest, manifest)["rows"] == CONTEXTS * CONTEXT
+    tokens = tokens_from_table(read_tokens_table(job.harvest))
+    assert tokens.special_NS[:, 0].all(), "BOS positions are marked special"
+
+    model, _ = load_model(models[family], device="cpu")
+    captured = {}
+    mlp = model.get_submodule({"gpt2": "transformer.h", "gpt_neox": "gpt_neox.layers", "llama": "model.layers"}[family])[2].mlp
+    handle = mlp.register_forward_hook(lambda module, args, output: captured.setdefault("mlp", output))
+    with torch.no_grad():
+        hidden = model(torch.from_numpy(tokens.token_ids_NS.astype(np.int64)), output_hidden_states=True).hidden_states
+    handle.remove()
+    expected = {HOOKPOINTS[0]: hidden[0], HOOKPOINTS[1]: hidden[2], HOOKPOINTS[2]: captured["mlp"]}
+    for hookpoint, want_NSD in expected.items():
+        table = open_activations(job.harvest, hookpoint).to_table().sort_by([("seq_id", "ascending"), ("pos", "ascending")])
+        assert np.array_equal(table.column("token_id").to_numpy(), tokens.token_ids_NS.ravel())
+        got_ND = activations_numpy(table)
+        assert np.allclose(got_ND, want_NSD.reshape(-1, want_NSD.shape[-1]).numpy(), atol=1e-5), hookpoint
+    assert manifest["norm_stats"][HOOKPOINTS[1]]["mean_norm"] > 0
+
+
+@pytest.mark.e2e
+def test_resume_rewrites_no_finished_shard(models, tmp_path, ray_local):
+    job = plan(models["gpt2"], str(tmp_path), dtype="float16")
+    ShardHarvester(job, device="cpu").harvest(0)  # the run that "stopped" after one shard
+    first = Path(job.harvest) / f"hookpoint={HOOKPOINTS[0]}" / "part-00000.parquet"
+    stamp = first.stat().st_mtime_ns
+    summary = run_harvest(job, num_actors=2)
+    assert summary["harvested_shards"] == job.num_shards - 1
+    assert first.stat().st_mtime_ns == stamp
+    assert validate_harvest(job.harvest, read_manifest(job.harvest))["shards"] == job.num_shards
+    assert run_harvest(job, num_actors=2)["cached"] is True
+
+
+@pytest.mark.e2e
+def test_actor_killed_mid_run_still_yields_every_shard_once(models, tmp_path, ray_local):
+    job = plan(models["llama"], str(tmp_path))
+    markers = Path(job.harvest) / "_shards"
+
+    def kill_first_actor():
+        deadline = time.time() + 120
+        while time.time() < deadline and not (markers.exists() and any(markers.iterdir())):
+            time.sleep(0.05)
+        for name in ray_local.util.list_named_actors():
+            if name.startswith(f"harvest-{job.harvest_id}"):
+                ray_local.kill(ray_local.get_actor(name), no_restart=False)
+                return
+
+    killer = threading.Thread(target=kill_first_actor)
+    killer.start()
+    run_harvest(job, num_actors=2)
+    killer.join(timeout=120)
+    manifest = read_manifest(job.harvest)
+    assert [s["index"] for s in manifest["shards"]] == list(range(job.num_shards))
+    validate_harvest(job.harvest, manifest)
+    for hookpoint in HOOKPOINTS:
+        seq_ids = open_activations(job.harvest, hookpoint).to_table(columns=["seq_id"]).column("seq_id").to_numpy()
+        assert np.array_equal(np.sort(seq_ids), np.repeat(np.arange(CONTEXTS), CONTEXT)), "a row was lost or duplicated"
+    assert not list(Path(job.harvest).rglob(".tmp-*"))
+
+
+@pytest.mark.e2e
+def test_round_trip_through_real_s3(models, s3_env):
+    root = s3_env.uri(f"harvest-{time.time_ns()}")
+    job = plan(models["gpt_neox"], root, hookpoints=["blocks.1.hook_resid_post"])
+    harvest_in_process(job)
+    validate_harvest(job.harvest, read_manifest(job.harvest))
+    table = open_activations(job.harvest).to_table(filter=(ds.field("seq_id") == 3) & (ds.field("pos") >= 1))
+    assert table.num_rows == CONTEXT - 1
+    assert activations_numpy(table).shape == (CONTEXT - 1, 32)
+
+
+def test_unknown_hookpoint_fails_before_any_work(models, tmp_path):
+    with pytest.raises(HookpointError, match=r"blocks\.7\.hook_resid_post"):
+        plan(models["gpt2"], str(tmp_path), hookpoints=["blocks.7.hook_resid_post"])
+    with pytest.raises(HookpointError, match=r"hook_resid_middle"):
+        plan(models["gpt2"], str(tmp_path), hookpoints=["blocks.0.hook_resid_middle"])
+    assert not (tmp_path / "activations").exists()
+
+
+def test_context_longer_than_the_model_allows(models, tmp_path):
+    with pytest.raises(HarvestSpecError, match=rf"context_length={MAX_POSITIONS + 1} exceeds .* limit of {MAX_POSITIONS}"):
+        plan(models["llama"], str(tmp_path), context=MAX_POSITIONS + 1)
+
+
+def test_bfloat16_is_not_a_stored_dtype(models, tmp_path):
+    with pytest.raises(HarvestSpecError, match=r"dtype='bfloat16' is not storable"):
+        plan(models["gpt2"], str(tmp_path), dtype="bfloat16")
+
+
+def test_nan_activations_write_nothing(models, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(models["gpt2"], broken)
+    weights = load_file(broken / "model.safetensors")
+    name = next(n for n in weights if n.endswith("h.0.mlp.c_fc.weight"))
+    weights[name][0, 0] = float("nan")
+    save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
+    job = plan(broken, str(tmp_path / "root"), hookpoints=["blocks.1.hook_resid_post"])
+    with pytest.raises(FloatingPointError, match=r"shard 0 of blocks\.1\.hook_resid_post has NaN/inf activations"):
+        ShardHarvester(job, device="cpu").harvest(0)
+    assert not list(Path(job.harvest).glob("hookpoint=*/*"))
+    assert not (Path(job.harvest) / "_shards").exists()
