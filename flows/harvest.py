@@ -10,6 +10,7 @@ from typing import Literal
 from prefect import flow
 from pydantic import BaseModel, Field
 
+from infra.storage import absolute_root
 from tasks.harvest import harvest_task, plan_harvest_task, validate_harvest_task
 
 
@@ -42,19 +43,13 @@ def harvest(spec: HarvestSpec = HarvestSpec()) -> str:
     """Plan (validate + tokens) -> harvest on Ray -> validate; returns the harvest folder URI."""
     values = spec.model_dump()
     values["model"] = spec.model_ref()
-    values["root"] = _absolute(values["root"])
+    values["root"] = absolute_root(values["root"])
     job = plan_harvest_task(values)
     summary = harvest_task(job, num_actors=spec.num_actors, ray_address=spec.ray_address)
     checked = validate_harvest_task(job["harvest"])
     print(f"harvest {job['harvest_id']}: {checked['rows']} rows x {len(checked['hookpoints'])} hookpoints, "
           f"{checked['shards']} shards ({'cached' if summary['cached'] else 'harvested'}) -> {job['harvest']}")
     return job["harvest"]
-
-
-def _absolute(root: str) -> str:
-    from pathlib import Path
-
-    return root if "://" in root else str(Path(root).resolve())
 
 
 if __name__ == "__main__":

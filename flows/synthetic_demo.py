@@ -5,11 +5,10 @@ Runs anywhere with no model, no network and no GPU: `python -m flows.synthetic_d
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from prefect import flow
 from pydantic import BaseModel, Field
 
+from infra.storage import absolute_root
 from tasks.synthetic import train_synthetic_grid, write_demo_report
 
 
@@ -37,8 +36,7 @@ class SyntheticDemoSpec(BaseModel):
 def synthetic_demo(spec: SyntheticDemoSpec = SyntheticDemoSpec()) -> str:
     """Train the grid, then write the results table and report; returns the report's URI."""
     values = spec.model_dump()
-    if "://" not in values["root"]:
-        values["root"] = str(Path(values["root"]).resolve())
+    values["root"] = absolute_root(values["root"])
     records = train_synthetic_grid(values)
     report_uri = write_demo_report(values, records)
     for record in records:

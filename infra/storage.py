@@ -117,3 +117,8 @@ def exists(uri: str, **storage_options: Any) -> bool:
     """Whether an object exists at uri."""
     fs, path = filesystem(uri, **storage_options)
     return fs.exists(path)
+
+
+def absolute_root(root: str) -> str:
+    """A storage root with relative local paths made absolute (workers may run elsewhere)."""
+    return root if "://" in root else os.path.abspath(root)

@@ -39,11 +39,14 @@ def plan_harvest_task(spec: dict[str, Any]) -> dict[str, Any]:
     return job.to_dict()
 
 
-def harvest_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
-    """Cache on the harvest id AND on whether its manifest exists, so the cache agrees with storage."""
+def harvest_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
+    """The harvest id, but only once its manifest exists: Prefect then caches committed harvests only.
+
+    Storage stays the source of truth: an unfinished or deleted harvest gets no key (no stale
+    cache hit), and run_harvest itself returns a committed manifest without running the model.
+    """
     job = parameters["job"]
-    committed = exists(join(job["harvest"], MANIFEST_FILE))
-    return f"harvest:{job['harvest_id']}:{'committed' if committed else 'pending'}"
+    return f"harvest:{job['harvest_id']}" if exists(join(job["harvest"], MANIFEST_FILE)) else None
 
 
 @task(**STORAGE_RETRY, retry_condition_fn=retry_unless_bad_input, cache_key_fn=harvest_cache_key, persist_result=True)

@@ -5,18 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from prefect.testing.utilities import prefect_test_harness
-
 from flows.synthetic_demo import SyntheticDemoSpec, synthetic_demo
 from infra.sae_store import load_sae
 
-pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module", autouse=True)
-def prefect_server():
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_server")]
 
 
 def test_demo_trains_reports_and_reruns_from_storage(tmp_path):

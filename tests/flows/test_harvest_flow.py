@@ -1,0 +1,55 @@
+"""The harvest flow under a real Prefect server: results, cache hits, and bad specs."""
+
+from __future__ import annotations
+
+import pytest
+
+import infra.harvest_plan
+import tasks.harvest
+from flows.harvest import HarvestSpec, harvest
+from infra.activation_store import open_activations, read_manifest
+from infra.hookpoints import HookpointError
+from tests.infra.tiny_models import build_tiny_model
+
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_server", "ray_local")]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return str(build_tiny_model("gpt2", tmp_path_factory.mktemp("m") / "gpt2"))
+
+
+def spec(model_dir: str, root: str, **overrides) -> HarvestSpec:
+    values = {
+        "model": model_dir,
+        "hookpoints": ["blocks.0.hook_resid_post", "blocks.2.hook_resid_post"],
+        "source": "builtin:pydoc",
+        "context_length": 32,
+        "num_tokens": 32 * 10,
+        "contexts_per_shard": 4,
+        "num_actors": 2,
+        "root": root,
+    }
+    return HarvestSpec(**{**values, **overrides})
+
+
+def test_flow_harvests_then_reruns_are_cache_hits(model_dir, tmp_path, monkeypatch):
+    uri = harvest(spec(model_dir, str(tmp_path)))
+    manifest = read_manifest(uri)
+    assert manifest["num_rows"] == 320 and len(manifest["shards"]) == 3
+    assert open_activations(uri, "blocks.2.hook_resid_post").count_rows() == 320
+
+    def no_model_allowed(*args, **kwargs):
+        raise AssertionError("a committed harvest must not run the model again")
+
+    # Second run: storage says the harvest is committed, so no actor pool (no model) starts.
+    monkeypatch.setattr(infra.harvest_plan, "run_pool", no_model_allowed)
+    assert harvest(spec(model_dir, str(tmp_path))) == uri
+    # Third run: Prefect's own cache answers; the harvest task body does not even run.
+    monkeypatch.setattr(tasks.harvest, "run_harvest", no_model_allowed)
+    assert harvest(spec(model_dir, str(tmp_path))) == uri
+
+
+def test_bad_hookpoint_fails_the_flow_without_retries(model_dir, tmp_path):
+    with pytest.raises(HookpointError, match=r"blocks\.9\.hook_resid_post"):
+        harvest(spec(model_dir, str(tmp_path), hookpoints=["blocks.9.hook_resid_post"]))
