@@ -69,11 +69,18 @@ class HarvestJob:
 class ShardHarvester:
     """Holds one loaded model and harvests shards of a job."""
 
-    def __init__(self, job: HarvestJob | dict[str, Any], device: str | None = None, num_threads: int | None = None) -> None:
+    def __init__(
+        self,
+        job: HarvestJob | dict[str, Any],
+        device: str | None = None,
+        num_threads: int | None = None,
+        model: torch.nn.Module | None = None,
+    ) -> None:
         self.job = job if isinstance(job, HarvestJob) else HarvestJob(**job)
         if num_threads:
             torch.set_num_threads(num_threads)
-        self.model, _ = load_model(self.job.model, device=device)
+        # A caller may pass the already loaded model of job.model (benchmarks, repeated jobs).
+        self.model = model if model is not None else load_model(self.job.model, device=device)[0]
         self.device = next(self.model.parameters()).device
         self.hookpoints = resolve_hookpoints(self.model.config, self.job.hookpoints)
         self.tokens = tokens_from_table(read_tokens_table(self.job.harvest))
