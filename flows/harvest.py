@@ -11,6 +11,7 @@ from prefect import flow
 from pydantic import BaseModel, Field
 
 from infra.storage import absolute_root
+from tasks.credentials import apply_storage_secret
 from tasks.harvest import harvest_task, plan_harvest_task, validate_harvest_task
 
 
@@ -32,6 +33,9 @@ class HarvestSpec(BaseModel):
     contexts_per_shard: int = Field(64, ge=1, description="Contexts per Parquet shard.")
     batch_contexts: int = Field(16, ge=1, description="Contexts per forward pass.")
     ray_address: str | None = Field(None, description="Ray cluster address; local loopback-only Ray when empty.")
+    storage_secret: str | None = Field(
+        None, description="Prefect Secret block with S3 credentials / endpoint (JSON: AWS_ACCESS_KEY_ID, ...); else the environment."
+    )
 
     def model_ref(self) -> str:
         """model@revision."""
@@ -41,6 +45,7 @@ class HarvestSpec(BaseModel):
 @flow(name="harvest", log_prints=True)
 def harvest(spec: HarvestSpec = HarvestSpec()) -> str:
     """Plan (validate + tokens) -> harvest on Ray -> validate; returns the harvest folder URI."""
+    apply_storage_secret(spec.storage_secret)
     values = spec.model_dump()
     values["model"] = spec.model_ref()
     values["root"] = absolute_root(values["root"])

@@ -11,6 +11,8 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
+from infra.storage import storage_env
+
 log = logging.getLogger(__name__)
 
 
@@ -26,6 +28,23 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         ray.init(address=address, log_to_driver=True)
     else:
         ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=True)
+
+
+class PoolWorker:
+    """Actor shell: applies the driver's storage environment, then builds the real worker.
+
+    Credentials travel as a constructor argument (Ray's object store), not in a runtime_env
+    (which Ray records in its state API and logs), so workers of an already running Ray
+    still see credentials the flow loaded after Ray started (e.g. from a Prefect Secret).
+    """
+
+    def __init__(self, env: dict[str, str], worker_class: type, args: tuple[Any, ...], num_threads: int | None) -> None:
+        os.environ.update(env)
+        self.worker = worker_class(*args, num_threads=num_threads)
+
+    def call(self, method: str, item: int) -> Any:
+        """worker.method(item)."""
+        return getattr(self.worker, method)(item)
 
 
 def gpu_count() -> int:
@@ -54,7 +73,8 @@ def run_pool(
     num_workers = max(1, min(num_workers, len(items) or 1))
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)) // num_workers)
     options = {"max_restarts": 2, "max_task_retries": 2, "num_gpus": 1 if gpus else 0, "num_cpus": 0 if gpus else cpus}
-    remote_class = ray.remote(worker_class)
+    remote_class = ray.remote(PoolWorker)
+    env = storage_env()
 
     generation = {"count": 0}
 
@@ -63,7 +83,7 @@ def run_pool(
         generation["count"] += 1
         name = f"{name_prefix}-{slot}-{generation['count']}"
         threads = None if gpus else cpus
-        return remote_class.options(name=name, **options).remote(*worker_args, num_threads=threads)
+        return remote_class.options(name=name, **options).remote(env, worker_class, worker_args, threads)
 
     workers = {slot: spawn(slot) for slot in range(num_workers)}
     queue, results, attempts = deque(items), {}, dict.fromkeys(items, 0)
@@ -76,7 +96,7 @@ def run_pool(
                     break
                 item = queue.popleft()
                 attempts[item] += 1
-                in_flight[getattr(workers[slot], method).remote(item)] = (slot, item)
+                in_flight[workers[slot].call.remote(method, item)] = (slot, item)
             ready, _ = ray.wait(list(in_flight), num_returns=1)
             slot, item = in_flight.pop(ready[0])
             try:

@@ -122,3 +122,12 @@ def exists(uri: str, **storage_options: Any) -> bool:
 def absolute_root(root: str) -> str:
     """A storage root with relative local paths made absolute (workers may run elsewhere)."""
     return root if "://" in root else os.path.abspath(root)
+
+
+STORAGE_ENV_KEYS = (S3_ENDPOINT_ENV, "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION")
+"""Environment variables that configure storage access; forwarded to workers, never logged."""
+
+
+def storage_env() -> dict[str, str]:
+    """The storage variables set in this process, for handing to worker processes."""
+    return {key: os.environ[key] for key in STORAGE_ENV_KEYS if key in os.environ}

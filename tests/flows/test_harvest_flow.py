@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+
 import pytest
 
 import infra.harvest_plan
@@ -9,6 +12,7 @@ import tasks.harvest
 from flows.harvest import HarvestSpec, harvest
 from infra.activation_store import open_activations, read_manifest
 from infra.hookpoints import HookpointError
+from infra.storage import STORAGE_ENV_KEYS
 from tests.infra.tiny_models import build_tiny_model
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_server", "ray_local")]
@@ -53,3 +57,23 @@ def test_flow_harvests_then_reruns_are_cache_hits(model_dir, tmp_path, monkeypat
 def test_bad_hookpoint_fails_the_flow_without_retries(model_dir, tmp_path):
     with pytest.raises(HookpointError, match=r"blocks\.9\.hook_resid_post"):
         harvest(spec(model_dir, str(tmp_path), hookpoints=["blocks.9.hook_resid_post"]))
+
+
+def test_s3_credentials_from_a_secret_block_reach_the_actors(model_dir, s3_server, monkeypatch):
+    from prefect.blocks.system import Secret
+
+    from tests.conftest import FOREIGN_AWS_ENV
+
+    for name in (*STORAGE_ENV_KEYS, *FOREIGN_AWS_ENV):
+        monkeypatch.delenv(name, raising=False)
+    Secret(value=s3_server.env()).save("test-s3-credentials", overwrite=True)
+    root = s3_server.uri("secret-harvest")
+    try:
+        uri = harvest(spec(model_dir, root, storage_secret="test-s3-credentials"))
+        assert uri.startswith("s3://")
+        assert open_activations(uri, "blocks.0.hook_resid_post").count_rows() == 320
+        manifest_text = json.dumps(read_manifest(uri))
+    finally:
+        for name in STORAGE_ENV_KEYS:
+            os.environ.pop(name, None)
+    assert s3_server.secret_key not in manifest_text
