@@ -2,26 +2,30 @@
 
 The unit of work a training actor runs: members already exported are skipped, the rest resume
 from their last group checkpoint, train together (each batch read once, fed to all), then are
-evaluated and exported in SAELens format with their metrics beside them.
+evaluated and exported in SAELens format with their metrics, loss history and per-feature table.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
 from infra.sae_store import CFG_FILE, load_training_state, save_sae, save_training_state
-from infra.storage import exists, join, read_json, write_json_atomic
-from sae_core import SaeConfig, SaeTrainer, TrainConfig, build_sae, fit_many
-from sae_core.evaluate import evaluate_sae
+from infra.storage import exists, join, read_json, write_bytes_atomic, write_json_atomic
+from sae_core import SaeConfig, SaeTrainer, SparseCoder, TrainConfig, build_sae, fit_many
+from sae_core.evaluate import FeatureStats, evaluate_sae
 
 log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"
+HISTORY_FILE = "history.json"
 
 
 @dataclass
@@ -32,9 +36,11 @@ class GroupMember:
     sae_config: SaeConfig
     train_config: TrainConfig
     sae_uri: str
-    """Directory of the exported SAE (SAELens format + metrics.json)."""
+    """Directory of the exported SAE (SAELens format + metrics.json + history.json)."""
     checkpoint_uri: str
     """Directory of its resumable training state."""
+    features_uri: str | None = None
+    """Parquet file for its per-feature statistics (density, mean and max activation)."""
 
 
 def pick_device() -> torch.device:
@@ -42,8 +48,42 @@ def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _finished(member: GroupMember) -> bool:
+def is_finished(member: GroupMember) -> bool:
+    """Exported with metrics: nothing left to do for this member."""
     return exists(join(member.sae_uri, CFG_FILE)) and exists(join(member.sae_uri, METRICS_FILE))
+
+
+def feature_table(stats: FeatureStats) -> pa.Table:
+    """One row per latent: density, mean activation when firing, max activation."""
+    return pa.table(
+        {
+            "latent": pa.array(range(len(stats.fire_count_F)), pa.int32()),
+            "fire_count": pa.array(stats.fire_count_F.numpy(), pa.int64()),
+            "density": pa.array(stats.density_F.numpy(), pa.float64()),
+            "mean_activation": pa.array(stats.mean_act_F.numpy(), pa.float64()),
+            "max_activation": pa.array(stats.act_max_F.numpy(), pa.float32()),
+        }
+    )
+
+
+def _restore(pending: Sequence[GroupMember], device: torch.device) -> tuple[list[SaeTrainer], int, list[list[dict]]]:
+    trainers, histories, start_batch = [], [], 0
+    for member in pending:
+        restored = load_training_state(member.checkpoint_uri, device=device)
+        if restored is None:
+            trainers.append(SaeTrainer(build_sae(member.sae_config).to(device), member.train_config))
+            histories.append([])
+            continue
+        trainer, extra = restored
+        log.info("%s: resuming from step %d", member.sae_id, trainer.step)
+        trainers.append(trainer)
+        histories.append(list(extra.get("history", [])))
+        start_batch = max(start_batch, int(extra["batches_consumed"]))
+    # Members checkpoint together, so a restored one sits exactly at the group's position;
+    # a member with no checkpoint yet simply joins the stream there.
+    if any(t.step not in (0, start_batch) for t in trainers):
+        raise RuntimeError(f"group checkpoints disagree on the stream position: {[t.step for t in trainers]}")
+    return trainers, start_batch, histories
 
 
 def train_group(
@@ -53,40 +93,42 @@ def train_group(
     checkpoint_every: int = 1000,
     device: torch.device | None = None,
     metadata: dict[str, Any] | None = None,
+    log_every: int = 50,
+    extra_eval: Callable[[SparseCoder], dict[str, float]] | None = None,
 ) -> list[dict[str, Any]]:
     """Train, evaluate and export every unfinished member; returns one record per member.
 
     `stream_from(i)` must yield the shared stream starting at batch i, so a resumed group
-    continues exactly where its checkpoint stopped.
+    continues exactly where its checkpoint stopped. `extra_eval(sae)` adds metrics (e.g. CE
+    loss recovered by splicing into the model).
     """
     device = device or pick_device()
-    pending = [m for m in members if not _finished(m)]
-    trainers: list[SaeTrainer] = []
-    start_batch = 0
-    for member in pending:
-        restored = load_training_state(member.checkpoint_uri, device=device)
-        if restored is None:
-            trainers.append(SaeTrainer(build_sae(member.sae_config).to(device), member.train_config))
-            continue
-        trainer, extra = restored
-        log.info("%s: resuming from step %d", member.sae_id, trainer.step)
-        trainers.append(trainer)
-        start_batch = max(start_batch, int(extra["batches_consumed"]))
-    # Members checkpoint together, so a restored one sits exactly at the group's position;
-    # a member with no checkpoint yet simply joins the stream there.
-    if any(t.step not in (0, start_batch) for t in trainers):
-        raise RuntimeError(f"group checkpoints disagree on the stream position: {[t.step for t in trainers]}")
+    pending = [m for m in members if not is_finished(m)]
+    trainers, start_batch, histories = _restore(pending, device)
     started = time.perf_counter()
     if trainers:
         for report in fit_many(trainers, stream_from(start_batch)):
             consumed = start_batch + report.step + 1
+            if consumed % log_every == 0:
+                for history, metrics in zip(histories, report.metrics):
+                    if metrics is not None:
+                        history.append({"step": consumed, **{k: float(v) for k, v in metrics.items()}})
             if consumed % checkpoint_every == 0:
-                for member, trainer in zip(pending, trainers):
-                    save_training_state(trainer, member.checkpoint_uri, extra={"batches_consumed": consumed})
-    train_seconds = time.perf_counter() - started
-    for member, trainer in zip(pending, trainers):
-        metrics, fire_count_F = evaluate_sae(trainer.sae, eval_batches())
-        metrics.update(train_seconds=train_seconds, train_tokens=trainer.tokens_seen, steps=trainer.step)
-        save_sae(trainer.sae, member.sae_uri, metadata=metadata, fire_count_F=fire_count_F, num_tokens=int(metrics["eval_tokens"]))
-        write_json_atomic(join(member.sae_uri, METRICS_FILE), metrics)
+                for member, trainer, history in zip(pending, trainers, histories):
+                    save_training_state(trainer, member.checkpoint_uri, extra={"batches_consumed": consumed, "history": history})
+    wall_seconds = time.perf_counter() - started
+    for member, trainer, history in zip(pending, trainers, histories):
+        metrics, stats = evaluate_sae(trainer.sae, eval_batches())
+        if extra_eval is not None:
+            metrics.update(extra_eval(trainer.sae))
+        metrics.update(
+            group_wall_seconds=wall_seconds, device_seconds=trainer.device_seconds, train_tokens=trainer.tokens_seen, steps=trainer.step
+        )
+        save_sae(trainer.sae, member.sae_uri, metadata=metadata, fire_count_F=stats.fire_count_F, num_tokens=stats.num_tokens)
+        if member.features_uri:
+            sink = io.BytesIO()
+            pq.write_table(feature_table(stats), sink)
+            write_bytes_atomic(member.features_uri, sink.getvalue())
+        write_json_atomic(join(member.sae_uri, HISTORY_FILE), history)
+        write_json_atomic(join(member.sae_uri, METRICS_FILE), metrics)  # last: marks the member finished
     return [{"sae_id": m.sae_id, "sae_uri": m.sae_uri, **read_json(join(m.sae_uri, METRICS_FILE))} for m in members]

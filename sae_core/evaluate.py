@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -11,22 +12,50 @@ from sae_core.base import SparseCoder
 from sae_core.metrics import FiringWindow, evaluate_reconstruction
 
 
+@dataclass
+class FeatureStats:
+    """Per-latent statistics over the evaluation tokens."""
+
+    fire_count_F: Tensor
+    """Tokens each latent fired on."""
+    act_sum_F: Tensor
+    """Sum of each latent's activation over those tokens."""
+    act_max_F: Tensor
+    """Largest activation of each latent."""
+    num_tokens: int
+
+    @property
+    def density_F(self) -> Tensor:
+        """Fraction of tokens each latent fired on."""
+        return self.fire_count_F.double() / max(self.num_tokens, 1)
+
+    @property
+    def mean_act_F(self) -> Tensor:
+        """Mean activation of each latent when it fires (0 for latents that never fire)."""
+        return self.act_sum_F.double() / self.fire_count_F.clamp_min(1).double()
+
+
 @torch.no_grad()
-def evaluate_sae(sae: SparseCoder, batches: Iterable[Tensor], density_threshold: float = 0.1) -> tuple[dict[str, float], Tensor]:
-    """(token-weighted mean of every reconstruction metric + dead/dense fractions, firing counts [F])."""
+def evaluate_sae(sae: SparseCoder, batches: Iterable[Tensor], density_threshold: float = 0.1) -> tuple[dict[str, float], FeatureStats]:
+    """(token-weighted mean of every reconstruction metric + dead/dense fractions, per-latent stats)."""
     sae.eval()
-    window = FiringWindow(sae.cfg.d_sae, device=sae.W_dec.device)
+    device = sae.W_dec.device
+    window = FiringWindow(sae.cfg.d_sae, device=device)
+    act_sum_F = torch.zeros(sae.cfg.d_sae, dtype=torch.float64, device=device)
+    act_max_F = torch.zeros(sae.cfg.d_sae, dtype=torch.float32, device=device)
     totals: dict[str, float] = {}
     for x_BD in batches:
-        x_BD = x_BD.to(sae.W_dec.device)
+        x_BD = x_BD.to(device)
         acts_BF = sae.encode(x_BD)
         batch_metrics = evaluate_reconstruction(x_BD, sae.decode(acts_BF), acts_BF)
         for name, value in batch_metrics.items():
             totals[name] = totals.get(name, 0.0) + value * x_BD.shape[0]
         window.update(acts_BF)
+        act_sum_F += acts_BF.double().sum(dim=0)
+        act_max_F = torch.maximum(act_max_F, acts_BF.float().amax(dim=0))
     if window.num_tokens == 0:
         raise ValueError("evaluate_sae got no evaluation batches")
     result = {name: total / window.num_tokens for name, total in totals.items()}
     result.update(window.summary(density_threshold))
     result["eval_tokens"] = float(window.num_tokens)
-    return result, window.counts_F
+    return result, FeatureStats(window.counts_F.cpu(), act_sum_F.cpu(), act_max_F.cpu(), window.num_tokens)

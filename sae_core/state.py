@@ -33,6 +33,7 @@ def trainer_state(trainer: SaeTrainer) -> tuple[dict[str, Tensor], dict[str, Any
         "format_version": STATE_FORMAT_VERSION,
         "step": trainer.step,
         "tokens_seen": trainer.tokens_seen,
+        "device_seconds": trainer.device_seconds,
         "sae_config": trainer.sae.cfg.to_dict(),
         "train_config": trainer.cfg.to_dict(),
         "optimizers": optimizers_meta,
@@ -64,4 +65,5 @@ def restore_trainer(tensors: dict[str, Tensor], meta: dict[str, Any], device: to
         optimizer.load_state_dict({"state": per_param, "param_groups": opt_meta["param_groups"]})
     trainer.step = int(meta["step"])
     trainer.tokens_seen = int(meta["tokens_seen"])
+    trainer.device_seconds = float(meta.get("device_seconds", 0.0))
     return trainer

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -30,6 +31,25 @@ class SaeTrainer:
         """Optimiser steps taken so far."""
         self.tokens_seen = 0
         """Training tokens consumed so far."""
+        self._device_seconds = 0.0
+        self._pending_events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
+
+    @property
+    def device_seconds(self) -> float:
+        """Seconds of device time spent in this SAE's steps (CUDA events on GPU, wall time on CPU).
+
+        Lets architectures trained in one group be compared by the compute each actually used.
+        """
+        if self._pending_events:
+            self._pending_events[-1][1].synchronize()
+            self._device_seconds += sum(start.elapsed_time(end) for start, end in self._pending_events) / 1000.0
+            self._pending_events.clear()
+        return self._device_seconds
+
+    @device_seconds.setter
+    def device_seconds(self, value: float) -> None:
+        self.device_seconds  # noqa: B018 - resolve pending events before overwriting
+        self._device_seconds = value
 
     @property
     def done(self) -> bool:
@@ -43,6 +63,21 @@ class SaeTrainer:
 
     def train_step(self, x_BD: Tensor) -> dict[str, Tensor]:
         """One optimiser step on a batch; returns detached per-step metrics (no host sync)."""
+        if x_BD.is_cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            metrics = self._step(x_BD)
+            end.record()
+            self._pending_events.append((start, end))
+            if len(self._pending_events) >= 256:
+                _ = self.device_seconds  # bound the event list; one sync per 256 steps
+            return metrics
+        started = time.perf_counter()
+        metrics = self._step(x_BD)
+        self._device_seconds += time.perf_counter() - started
+        return metrics
+
+    def _step(self, x_BD: Tensor) -> dict[str, Tensor]:
         sae = self.sae
         sae.train()
         if not bool(sae.initialized):

@@ -28,10 +28,10 @@ def write_demo_report(spec: dict[str, Any], records: list[dict[str, Any]]) -> st
     run_id = spec_id("synthetic", spec)
     folder = join(spec["root"], "demo", run_id)
     write_json_atomic(join(folder, "results.json"), {"spec": spec, "results": records})
-    header = "| sae | arch | L0 | explained var | dead frac | recovery | train s |\n|---|---|---|---|---|---|---|\n"
+    header = "| sae | arch | L0 | explained var | dead frac | recovery | device s |\n|---|---|---|---|---|---|---|\n"
     rows = "".join(
         f"| {r['sae_id']} | {r['architecture']} | {r['l0']:.2f} | {r['explained_variance']:.3f} | "
-        f"{r['dead_fraction']:.3f} | {r['recovery']:.3f} | {r['train_seconds']:.1f} |\n"
+        f"{r['dead_fraction']:.3f} | {r['recovery']:.3f} | {r['device_seconds']:.1f} |\n"
         for r in records
     )
     markdown = f"# Synthetic SAE demo `{run_id}`\n\nTrue features: {spec['num_features']} in d={spec['d']}.\n\n{header}{rows}"
