@@ -1,0 +1,344 @@
+"""The training stream over a committed harvest: shuffled float32 batches of one hookpoint.
+
+The order is a pure function of the spec, so a stream replays exactly (resume after a crash):
+  - epoch e (0, 1, ... with `loop`, else only 0) visits the shards the manifest lists in an
+    order drawn from default_rng((seed, e, 0));
+  - their rows pass through a shuffle buffer of `shuffle_buffer` rows drawn from
+    default_rng((seed, e, 1)): each incoming row takes the slot of a random buffered row, which
+    leaves (tf.data's scheme); at the end of the epoch the buffer drains in random order. So each
+    kept row appears exactly once per epoch and a batch mixes about shuffle_buffer/shard_rows shards;
+  - batches are consecutive batch_size-row slices of the concatenated epochs (a batch may span
+    two epochs); with loop=False a last partial batch is dropped.
+Epochs are independent, so resuming a looping stream skips whole epochs after counting rows from
+the small `special` / `seq_id` columns; only the epoch the resume point lies in is replayed.
+
+Threads: one pipeline thread reads, shuffles and assembles batches, and hands them to the
+consumer through a bounded queue; under it `prefetch` shard reads run ahead in a thread pool
+(pyarrow and numpy release the GIL). A reader's exception is raised in the consumer; closing
+the generator (or dropping it) stops and joins every thread.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from fsspec import AbstractFileSystem
+
+from infra.activation_store import activations_numpy, read_manifest
+from infra.storage import filesystem
+
+THREAD_PREFIX = "saeflow-stream"
+BATCHES_AHEAD = 4
+"""Finished batches the pipeline may hold ready for the consumer."""
+
+
+class StreamSpecError(ValueError):
+    """A stream spec is invalid, or asks a harvest for something it does not hold."""
+
+
+@dataclass
+class StreamSpec:
+    """Which activations to stream, and how to batch and shuffle them."""
+
+    harvest: str
+    """URI of a committed harvest folder ({root}/activations/{harvest_id})."""
+    hookpoint: str
+    """One of the harvest's hookpoints, e.g. blocks.6.hook_resid_post."""
+    batch_size: int = 4096
+    """Tokens (rows) per batch."""
+    shuffle_buffer: int = 65536
+    """Rows held for mixing across shards; 0 streams rows in (shuffled) shard order."""
+    seed: int = 0
+    """Fixes shard orders and the buffer's draws: one seed, one stream."""
+    exclude_special: bool = True
+    """Drop BOS/EOS rows (the `special` column): their activations are outliers SAEs should not fit."""
+    seq_range: tuple[int, int] | None = None
+    """Half-open seq_id range [start, stop) to stream (see split_eval); None streams every context."""
+    prefetch: int = 2
+    """Shard reads that run ahead of the one being consumed."""
+    loop: bool = False
+    """Cycle through the shards, in a new order each epoch, so the stream outlasts the data."""
+
+    def __post_init__(self) -> None:
+        for name, low in (("batch_size", 1), ("shuffle_buffer", 0), ("seed", 0), ("prefetch", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise StreamSpecError(f"StreamSpec.{name}={value!r} is invalid: an integer >= {low}")
+        if self.seq_range is not None:
+            bounds = tuple(self.seq_range)
+            if len(bounds) != 2 or not all(isinstance(b, int) for b in bounds) or not 0 <= bounds[0] < bounds[1]:
+                raise StreamSpecError(f"StreamSpec.seq_range={self.seq_range!r} is invalid: (start, stop) with 0 <= start < stop")
+            self.seq_range = (int(bounds[0]), int(bounds[1]))
+
+
+@dataclass(frozen=True)
+class _Shard:
+    path: str
+    """Path inside the filesystem."""
+    rows: int
+    filter_seq: bool
+    """Whether only part of the shard's contexts lie in seq_range (so seq_id must be read)."""
+
+
+@dataclass(frozen=True)
+class _Plan:
+    spec: StreamSpec
+    fs: AbstractFileSystem
+    shards: list[_Shard]
+    d_model: int
+
+    @property
+    def where(self) -> str:
+        spec = self.spec
+        return f"{spec.harvest} hookpoint {spec.hookpoint} (exclude_special={spec.exclude_special}, seq_range={spec.seq_range})"
+
+
+def split_eval(manifest: dict[str, Any], holdout_contexts: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(train_range, eval_range) of seq_ids: the last `holdout_contexts` contexts are held out."""
+    # Contexts were drawn from the corpus in a seeded random order, so the last ones are a random sample.
+    total = int(manifest["num_contexts"])
+    if isinstance(holdout_contexts, bool) or not isinstance(holdout_contexts, int) or not 1 <= holdout_contexts < total:
+        raise StreamSpecError(f"holdout_contexts={holdout_contexts!r} is invalid: an integer in 1..{total - 1} (the harvest has {total} contexts)")
+    cut = total - holdout_contexts
+    return (0, cut), (cut, total)
+
+
+def iter_batches(spec: StreamSpec, start_batch: int = 0) -> Iterator[torch.Tensor]:
+    """Float32 [batch_size, d_model] batches of the stream from batch `start_batch` on (pinned with CUDA)."""
+    if isinstance(start_batch, bool) or not isinstance(start_batch, int) or start_batch < 0:
+        raise StreamSpecError(f"start_batch={start_batch!r} is invalid: an integer >= 0")
+    plan = _plan(spec)  # errors here raise at the call, before any thread starts
+    return _consume(plan, start_batch)
+
+
+def _plan(spec: StreamSpec) -> _Plan:
+    manifest = read_manifest(spec.harvest)
+    if spec.hookpoint not in manifest["hookpoints"]:
+        raise StreamSpecError(f"{spec.harvest}: hookpoint {spec.hookpoint!r} was not harvested; available: {manifest['hookpoints']}")
+    fs, base = filesystem(spec.harvest)
+    shards, bound = [], 0
+    for entry in sorted(manifest["shards"], key=lambda s: s["index"]):
+        path, rows = f"{base}/{entry['files'][spec.hookpoint]['path']}", int(entry["rows"])
+        start, stop = entry.get("seq_start"), entry.get("seq_stop")
+        if spec.seq_range is None or start is None or stop is None:  # no bounds recorded: read and filter
+            shards.append(_Shard(path, rows, spec.seq_range is not None))
+            bound += rows
+            continue
+        overlap = min(stop, spec.seq_range[1]) - max(start, spec.seq_range[0])
+        if overlap > 0:
+            shards.append(_Shard(path, rows, overlap < stop - start))
+            bound += rows * overlap // (stop - start)
+    if bound == 0:
+        raise StreamSpecError(f"{spec.harvest}: seq_range={spec.seq_range} selects no rows; the harvest has {manifest['num_contexts']} contexts")
+    if not spec.loop and bound < spec.batch_size:
+        raise StreamSpecError(f"{spec.harvest}: at most {bound} rows in seq_range={spec.seq_range}, fewer than batch_size={spec.batch_size}; use loop=True or a smaller batch")
+    return _Plan(replace(spec), fs, shards, int(manifest["d_model"]))  # a copy: later edits to spec change nothing
+
+
+def _read_columns(plan: _Plan, shard: _Shard, columns: list[str]) -> Any:
+    try:
+        with plan.fs.open(shard.path, "rb") as handle:
+            return pq.read_table(handle, columns=columns)
+    except Exception as error:  # keep the type (FileNotFoundError, ArrowInvalid, ...), name the shard
+        error.add_note(f"while streaming shard {shard.path} of {plan.spec.harvest}")
+        raise
+
+
+def _keep_mask(plan: _Plan, shard: _Shard, table: Any) -> np.ndarray | None:
+    keep = None
+    if plan.spec.exclude_special:
+        keep = ~table.column("special").to_numpy()
+    if shard.filter_seq:
+        seq_N = table.column("seq_id").to_numpy()
+        in_range = (seq_N >= plan.spec.seq_range[0]) & (seq_N < plan.spec.seq_range[1])
+        keep = in_range if keep is None else keep & in_range
+    return keep
+
+
+def _filter_columns(plan: _Plan, shard: _Shard) -> list[str]:
+    return (["special"] if plan.spec.exclude_special else []) + (["seq_id"] if shard.filter_seq else [])
+
+
+def _read_shard(plan: _Plan, shard: _Shard) -> np.ndarray:
+    """The shard's kept rows, [rows, d_model] in the stored dtype."""
+    table = _read_columns(plan, shard, ["activation", *_filter_columns(plan, shard)])
+    width = table.schema.field("activation").type.list_size
+    if width != plan.d_model:
+        raise ValueError(f"{shard.path}: activation width {width}, the manifest says d_model={plan.d_model}")
+    acts_ND = activations_numpy(table)
+    keep = _keep_mask(plan, shard, table)
+    return acts_ND if keep is None else acts_ND[keep]
+
+
+def _count_rows(plan: _Plan, shard: _Shard) -> int:
+    """Kept rows of a shard, reading only the small filter columns (or nothing)."""
+    columns = _filter_columns(plan, shard)
+    if not columns:
+        return shard.rows
+    keep = _keep_mask(plan, shard, _read_columns(plan, shard, columns))
+    return int(keep.sum())
+
+
+def _epoch_rng(seed: int, epoch: int, purpose: int) -> np.random.Generator:
+    return np.random.default_rng((seed, epoch, purpose))
+
+
+def _shard_reads(plan: _Plan, pool: ThreadPoolExecutor, first_epoch: int, stop: threading.Event) -> Iterator[tuple[int, np.ndarray]]:
+    """(epoch, kept rows) per shard in stream order, `prefetch` reads running ahead."""
+
+    def schedule() -> Iterator[tuple[int, _Shard]]:
+        for epoch in itertools.count(first_epoch) if plan.spec.loop else [first_epoch]:
+            for i in _epoch_rng(plan.spec.seed, epoch, 0).permutation(len(plan.shards)):
+                yield epoch, plan.shards[i]
+
+    todo = schedule()
+    pending: deque[tuple[int, Future[np.ndarray]]] = deque()
+    while not stop.is_set():
+        while len(pending) <= plan.spec.prefetch:
+            nxt = next(todo, None)
+            if nxt is None:
+                break
+            pending.append((nxt[0], pool.submit(_read_shard, plan, nxt[1])))
+        if not pending:
+            return
+        epoch, future = pending.popleft()
+        yield epoch, future.result()
+
+
+def _shuffle_epoch(arrays: Iterable[np.ndarray], capacity: int, rng: np.random.Generator, where: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """One epoch's rows in shuffled order, as (source, row indices) pieces read before the source changes."""
+    buf_CD: np.ndarray | None = None
+    fill = seen = 0
+    for rows_ND in arrays:
+        seen += len(rows_ND)
+        if capacity == 0:
+            yield rows_ND, np.arange(len(rows_ND))
+            continue
+        if buf_CD is None:
+            buf_CD = np.empty((capacity, rows_ND.shape[1]), rows_ND.dtype)
+        take = min(capacity - fill, len(rows_ND))
+        buf_CD[fill : fill + take] = rows_ND[:take]
+        fill += take
+        for start in range(take, len(rows_ND), capacity):
+            incoming = rows_ND[start : start + capacity]
+            slots = rng.choice(capacity, size=len(incoming), replace=False)
+            yield buf_CD, slots  # the consumer gathers these rows before the generator resumes
+            buf_CD[slots] = incoming
+    if seen == 0:
+        raise ValueError(f"{where}: an epoch has no rows to stream")
+    if fill:
+        yield buf_CD, rng.permutation(fill)
+
+
+def _row_pieces(plan: _Plan, pool: ThreadPoolExecutor, first_epoch: int, stop: threading.Event) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The stream's rows, epoch after epoch, each epoch through its own shuffle buffer."""
+    reads = _shard_reads(plan, pool, first_epoch, stop)
+    for epoch, group in itertools.groupby(reads, key=lambda read: read[0]):
+        rng = _epoch_rng(plan.spec.seed, epoch, 1)
+        yield from _shuffle_epoch((rows for _, rows in group), plan.spec.shuffle_buffer, rng, plan.where)
+
+
+def _batches(plan: _Plan, pool: ThreadPoolExecutor, start_batch: int, stop: threading.Event) -> Iterator[torch.Tensor]:
+    """Assemble float32 batches from the row stream, skipping the first start_batch batches' rows."""
+    spec = plan.spec
+    skip = start_batch * spec.batch_size
+    first_epoch = 0
+    if spec.loop and skip:
+        per_epoch = sum(pool.map(lambda shard: _count_rows(plan, shard), plan.shards))
+        if per_epoch == 0:
+            raise ValueError(f"{plan.where}: an epoch has no rows to stream")
+        first_epoch, skip = divmod(skip, per_epoch)
+    pin = torch.cuda.is_available()
+    seen = 0  # rows of the stream so far, replayed ones included
+    batch_BD: torch.Tensor | None = None
+    fill = 0
+    for source, index in _row_pieces(plan, pool, first_epoch, stop):
+        seen += len(index)
+        if skip >= len(index):  # replayed, not gathered
+            skip -= len(index)
+            continue
+        index, skip = index[skip:], 0
+        while len(index):
+            if batch_BD is None:
+                batch_BD = torch.empty((spec.batch_size, plan.d_model), dtype=torch.float32, pin_memory=pin)
+            take = min(spec.batch_size - fill, len(index))
+            batch_BD.numpy()[fill : fill + take] = source[index[:take]]
+            fill, index = fill + take, index[take:]
+            if fill == spec.batch_size:
+                yield batch_BD
+                batch_BD, fill = None, 0
+    if not spec.loop and seen < spec.batch_size:
+        raise ValueError(f"{plan.where}: {seen} rows, fewer than batch_size={spec.batch_size}; use loop=True or a smaller batch")
+
+
+@dataclass
+class _Failure:
+    error: BaseException
+
+
+_END = object()
+
+
+def _put(out: queue.Queue, item: object, stop: threading.Event) -> bool:
+    """Put unless the consumer has stopped; False once it has."""
+    while not stop.is_set():
+        try:
+            out.put(item, timeout=0.05)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _produce(plan: _Plan, start_batch: int, out: queue.Queue, stop: threading.Event) -> None:
+    pool = ThreadPoolExecutor(max_workers=plan.spec.prefetch + 1, thread_name_prefix=f"{THREAD_PREFIX}-read")
+    batches = _batches(plan, pool, start_batch, stop)
+    try:
+        for batch_BD in batches:
+            if not _put(out, batch_BD, stop):
+                return
+        _put(out, _END, stop)
+    except BaseException as error:  # handed to the consumer, who raises it
+        _put(out, _Failure(error), stop)
+    finally:
+        batches.close()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _consume(plan: _Plan, start_batch: int) -> Iterator[torch.Tensor]:
+    out: queue.Queue = queue.Queue(maxsize=BATCHES_AHEAD)
+    stop = threading.Event()
+    producer = threading.Thread(target=_produce, args=(plan, start_batch, out, stop), name=f"{THREAD_PREFIX}-pipeline", daemon=True)
+    producer.start()
+    try:
+        while True:
+            try:
+                item = out.get(timeout=1.0)
+            except queue.Empty:
+                if not producer.is_alive() and out.empty():
+                    raise RuntimeError(f"{plan.where}: the stream's pipeline thread died without a word") from None
+                continue
+            if item is _END:
+                return
+            if isinstance(item, _Failure):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+        while producer.is_alive():
+            try:
+                while True:
+                    out.get_nowait()
+            except queue.Empty:
+                pass
+            producer.join(timeout=0.05)
