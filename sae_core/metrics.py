@@ -101,3 +101,10 @@ def evaluate_reconstruction(x_BD: Tensor, x_hat_BD: Tensor, acts_BF: Tensor) -> 
         "l2_ratio": float(l2_ratio(x_BD, x_hat_BD)),
         "relative_reconstruction_bias": float(relative_reconstruction_bias(x_BD, x_hat_BD)),
     }
+
+
+def ce_loss_recovered(ce_clean: float, ce_spliced: float, ce_ablated: float) -> float:
+    """(ce_ablated - ce_spliced) / (ce_ablated - ce_clean): 1 = clean, 0 = as bad as the ablation."""
+    denominator = ce_ablated - ce_clean
+    # An ablation that does not change the loss leaves nothing to recover: report nan, not +-inf.
+    return (ce_ablated - ce_spliced) / denominator if denominator != 0 else float("nan")
