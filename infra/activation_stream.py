@@ -68,6 +68,8 @@ class StreamSpec:
     """Shard reads that run ahead of the one being consumed."""
     loop: bool = False
     """Cycle through the shards, in a new order each epoch, so the stream outlasts the data."""
+    drop_last: bool = True
+    """Drop a final partial batch (training wants equal batches); False keeps it (evaluation wants every row)."""
 
     def __post_init__(self) -> None:
         for name, low in (("batch_size", 1), ("shuffle_buffer", 0), ("seed", 0), ("prefetch", 0)):
@@ -277,7 +279,9 @@ def _batches(plan: _Plan, pool: ThreadPoolExecutor, start_batch: int, stop: thre
             if fill == spec.batch_size:
                 yield batch_BD
                 batch_BD, fill = None, 0
-    if not spec.loop and seen < spec.batch_size:
+    if batch_BD is not None and fill and not spec.drop_last:
+        yield batch_BD[:fill]
+    elif not spec.loop and seen < spec.batch_size:
         raise ValueError(f"{plan.where}: {seen} rows, fewer than batch_size={spec.batch_size}; use loop=True or a smaller batch")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pandera.errors
 import pandera.pandas as pa
 import pyarrow as arrow
@@ -104,3 +105,56 @@ def validate_harvest(harvest: str, manifest: dict[str, Any]) -> dict[str, Any]:
                 f"({manifest['num_contexts']} contexts x {manifest['context_length']})"
             )
     return {"harvest": harvest, "hookpoints": manifest["hookpoints"], "shards": len(manifest["shards"]), "rows": expected_rows}
+
+
+def results_schema() -> pa.DataFrameSchema:
+    """pandera schema of a sweep's results.parquet: one row per grid point."""
+    fraction = pa.Check.in_range(0.0, 1.0)
+    return pa.DataFrameSchema(
+        {
+            "sae_id": pa.Column(str, unique=True),
+            "architecture": pa.Column(str, pa.Check.isin(["relu", "topk", "batchtopk", "jumprelu", "gated"])),
+            "d_sae": pa.Column("int64", pa.Check.gt(0)),
+            "expansion_factor": pa.Column(float, pa.Check.gt(0)),
+            "k": pa.Column("int64", pa.Check.gt(0)),
+            "sparsity_coefficient": pa.Column(float, pa.Check.ge(0)),
+            "lr": pa.Column(float, pa.Check.gt(0)),
+            "seed": pa.Column("int64"),
+            "mse": pa.Column(float, pa.Check.ge(0)),
+            "explained_variance": pa.Column(float, pa.Check.le(1.0)),
+            "l0": pa.Column(float, pa.Check.ge(0)),
+            "dead_fraction": pa.Column(float, fraction),
+            "dense_fraction": pa.Column(float, fraction),
+            "l2_ratio": pa.Column(float, pa.Check.ge(0)),
+            "device_seconds": pa.Column(float, pa.Check.ge(0)),
+            "train_tokens": pa.Column("int64", pa.Check.gt(0)),
+            "sae_uri": pa.Column(str),
+            "features_uri": pa.Column(str),
+        },
+        strict=False,  # splice metrics and extra reconstruction metrics ride along
+        name="sweep results",
+    )
+
+
+def validate_results(frame: pd.DataFrame, source: str) -> pd.DataFrame:
+    """Validate a results table; raises ValueError naming the source, column and failing check."""
+    try:
+        return results_schema().validate(frame, lazy=False)
+    except pandera.errors.SchemaError as error:
+        raise ValueError(f"{source}: results table {_describe(error)}") from error
+
+
+def feature_schema(d_sae: int) -> pa.DataFrameSchema:
+    """pandera schema of a per-feature table (one row per latent)."""
+    return pa.DataFrameSchema(
+        {
+            "latent": pa.Column("int32", pa.Check.in_range(0, d_sae - 1), unique=True),
+            "fire_count": pa.Column("int64", pa.Check.ge(0)),
+            "density": pa.Column(float, pa.Check.in_range(0.0, 1.0)),
+            "mean_activation": pa.Column(float),
+            "max_activation": pa.Column("float32"),
+        },
+        strict=True,
+        checks=pa.Check(lambda df: len(df) == d_sae, error=f"exactly {d_sae} rows (one per latent)"),
+        name="feature table",
+    )

@@ -186,3 +186,12 @@ def test_closing_early_stops_every_thread(coded):
     while stream_threads() and time.time() < deadline:
         time.sleep(0.01)
     assert not stream_threads()
+
+
+def test_drop_last_false_keeps_every_row_for_evaluation(tmp_path):
+    harvest, manifest = write_fake_harvest(str(tmp_path))
+    spec = StreamSpec(harvest=harvest, hookpoint=manifest["hookpoints"][0], batch_size=7, shuffle_buffer=0, drop_last=False)
+    batches = list(iter_batches(spec))
+    kept = manifest["num_rows"] - manifest["num_contexts"]  # every position but the BOS
+    assert sum(len(b) for b in batches) == kept
+    assert len(batches[-1]) == kept % 7 or len(batches[-1]) == 7

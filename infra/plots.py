@@ -1,0 +1,60 @@
+"""Sweep plots as PNG bytes: sparsity/fidelity trade-offs with each architecture's Pareto frontier."""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: flows run on workers with no display
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+
+def pareto_frontier(frame: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
+    """Rows not dominated by another with lower-or-equal x and higher-or-equal y (sorted by x)."""
+    best_y = float("-inf")
+    keep = []
+    for index, row in frame.sort_values([x, y], ascending=[True, False]).iterrows():
+        if row[y] > best_y:
+            keep.append(index)
+            best_y = row[y]
+    return frame.loc[keep]
+
+
+def tradeoff_png(frame: pd.DataFrame, x: str, y: str, title: str, log_x: bool = False) -> bytes:
+    """Scatter of every grid point, one colour per architecture, its Pareto frontier as a line."""
+    figure, axes = plt.subplots(figsize=(6.4, 4.4), dpi=110)
+    for architecture, rows in frame.groupby("architecture"):
+        rows = rows.dropna(subset=[x, y])
+        if rows.empty:
+            continue
+        points = axes.scatter(rows[x], rows[y], alpha=0.45, label=None)
+        front = pareto_frontier(rows, x, y)
+        axes.plot(front[x], front[y], marker="o", color=points.get_facecolor()[0][:3], label=f"{architecture} (frontier)")
+    axes.set_xlabel(x)
+    axes.set_ylabel(y)
+    axes.set_title(title)
+    if log_x:
+        axes.set_xscale("log")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    sink = io.BytesIO()
+    figure.savefig(sink, format="png")
+    plt.close(figure)
+    return sink.getvalue()
+
+
+def sweep_plots(frame: pd.DataFrame) -> dict[str, bytes]:
+    """The standard sweep plots, by file name."""
+    plots = {
+        "l0_vs_explained_variance.png": tradeoff_png(frame, "l0", "explained_variance", "Sparsity vs reconstruction"),
+        "explained_variance_vs_device_seconds.png": tradeoff_png(
+            frame, "device_seconds", "explained_variance", "Quality vs compute", log_x=True
+        ),
+    }
+    if "ce_loss_recovered" in frame.columns and frame["ce_loss_recovered"].notna().any():
+        plots["l0_vs_ce_loss_recovered.png"] = tradeoff_png(frame, "l0", "ce_loss_recovered", "Sparsity vs downstream fidelity")
+    return plots

@@ -1,0 +1,130 @@
+"""Run a sweep's groups on Ray actors and gather the results table.
+
+A TrainGroupWorker is one actor (one GPU where there are GPUs): it trains the groups it is
+handed, each group sharing ONE shuffled activation stream, evaluates every SAE on held-out
+tokens (reconstruction metrics, and CE loss recovered / KL by splicing into the model), and
+exports them. Finished points are skipped, interrupted ones resume from their checkpoints.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import asdict
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from infra.activation_store import read_manifest, read_tokens_table
+from infra.activation_stream import StreamSpec, iter_batches, split_eval
+from infra.models import load_model
+from infra.ray_pool import run_pool
+from infra.schemas import validate_results
+from infra.splice_eval import splice_metrics
+from infra.storage import join, read_bytes, read_json, write_bytes_atomic
+from infra.sweep_grid import SweepPlan
+from infra.tokens import tokens_from_table
+from infra.training import METRICS_FILE, pick_device, train_group
+from sae_core import SparseCoder
+
+
+class TrainGroupWorker:
+    """Trains groups of a sweep plan; loads the model once, lazily, for splice evaluation."""
+
+    def __init__(self, plan: dict[str, Any], groups: list[list[str]], settings: dict[str, Any], num_threads: int | None = None) -> None:
+        if num_threads:
+            torch.set_num_threads(num_threads)
+        self.plan = SweepPlan(**plan)
+        self.groups = groups
+        self.settings = settings
+        self.device = pick_device()
+        self.manifest = read_manifest(self.plan.harvest)
+        self.train_range, self.eval_range = split_eval(self.manifest, settings["eval_contexts"])
+        self._model: torch.nn.Module | None = None
+
+    def _stream(self, seq_range: tuple[int, int], training: bool, seed: int) -> StreamSpec:
+        # Evaluation reads every held-out row once, unshuffled; training loops, shuffled, in full batches.
+        return StreamSpec(
+            harvest=self.plan.harvest,
+            hookpoint=self.plan.hookpoint,
+            batch_size=self.plan.batch_size,
+            seed=seed,
+            seq_range=seq_range,
+            loop=training,
+            drop_last=training,
+            shuffle_buffer=self.settings["shuffle_buffer"] if training else 0,
+        )
+
+    def _splice_eval(self, sae: SparseCoder) -> dict[str, float]:
+        if self._model is None:
+            self._model, _ = load_model(self.manifest["model"], device=self.device)
+        tokens = tokens_from_table(read_tokens_table(self.plan.harvest))
+        start, stop = self.eval_range
+        stop = min(stop, start + self.settings["splice_contexts"])
+        return splice_metrics(
+            self._model, self.plan.hookpoint, sae.to(self.device), tokens.token_ids_NS[start:stop], tokens.special_NS[start:stop]
+        )
+
+    def train(self, group_index: int) -> list[dict[str, Any]]:
+        """Train, evaluate and export one group; returns its records."""
+        members = self.plan.members(self.groups[group_index])
+        seed = self.settings["stream_seed"]
+        return train_group(
+            members,
+            stream_from=lambda start: iter_batches(self._stream(self.train_range, training=True, seed=seed), start_batch=start),
+            eval_batches=lambda: iter_batches(self._stream(self.eval_range, training=False, seed=seed)),
+            checkpoint_every=self.settings["checkpoint_every"],
+            device=self.device,
+            metadata={"hook_name": self.plan.hookpoint, "model_name": self.manifest["model"], "dataset_path": self.plan.harvest},
+            extra_eval=self._splice_eval if self.settings["splice_contexts"] > 0 else None,
+        )
+
+
+def run_groups(plan: SweepPlan, groups: list[list[str]], settings: dict[str, Any], num_actors: int) -> None:
+    """Train every group on a pool of TrainGroupWorker actors."""
+    run_pool(TrainGroupWorker, (asdict(plan), groups, settings), "train", list(range(len(groups))), num_actors, name_prefix=f"sweep-{plan.sweep_id}")
+
+
+RESULT_CONFIG_COLUMNS = ("architecture", "d_sae", "expansion_factor", "k", "sparsity_coefficient", "seed")
+
+
+def results_frame(plan: SweepPlan) -> pd.DataFrame:
+    """One row per grid point: config, metrics, compute cost and artifact URI."""
+    rows = []
+    for point in plan.points:
+        metrics = read_json(join(point["sae_uri"], METRICS_FILE))
+        config = point["sae_config"]
+        rows.append(
+            {
+                "sae_id": point["sae_id"],
+                **{key: config[key] for key in RESULT_CONFIG_COLUMNS},
+                "lr": point["train_config"]["lr"],
+                **metrics,
+                "sae_uri": point["sae_uri"],
+                "features_uri": point["features_uri"],
+            }
+        )
+    frame = pd.DataFrame(rows)
+    for column in ("d_sae", "k", "seed", "steps", "train_tokens"):
+        frame[column] = frame[column].astype("int64")
+    return frame
+
+
+def write_results(plan: SweepPlan) -> str:
+    """Validate and write results.parquet for the whole grid; returns its URI."""
+    frame = validate_results(results_frame(plan), source=f"sweep {plan.sweep_id}")
+    uri = join(plan.root, "evals", plan.sweep_id, "results.parquet")
+    sink = io.BytesIO()
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), sink)
+    write_bytes_atomic(uri, sink.getvalue())
+    return uri
+
+
+def read_results(uri: str) -> pd.DataFrame:
+    """A results table back as pandas."""
+    return pq.read_table(io.BytesIO(read_bytes(uri))).to_pandas()
+
+
+__all__ = ["TrainGroupWorker", "read_results", "results_frame", "run_groups", "write_results"]

@@ -1,0 +1,96 @@
+"""Prefect tasks of the sweep stage: plan the grid, train groups on Ray, tabulate, report, track."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.context import TaskRunContext
+
+from infra.ids import spec_hash
+from infra.plots import sweep_plots
+from infra.storage import join, read_json, write_bytes_atomic
+from infra.sweep_grid import SweepPlan, group_points, memory_budget_bytes, plan_sweep
+from infra.sweep_run import read_results, run_groups, write_results
+from infra.tracking import log_grid_point
+from infra.training import HISTORY_FILE, is_finished
+from tasks.retry import STORAGE_RETRY, retry_unless_bad_input
+
+
+@task(**STORAGE_RETRY, retry_condition_fn=retry_unless_bad_input)
+def plan_sweep_task(spec: dict[str, Any], harvest: str) -> dict[str, Any]:
+    """Validate the grid against the harvest and lay out storage; returns the plan and its groups."""
+    axes = {key: spec[key] for key in ("architectures", "expansion_factors", "ks", "sparsity_coefficients", "lrs", "seeds")}
+    plan = plan_sweep(spec["name"], spec["root"], harvest, spec["hookpoint"], axes, spec["train_tokens"], spec["batch_size"], spec["warmup_steps"])
+    groups = group_points(plan.points, plan.batch_size, memory_budget_bytes(), spec["max_group_size"])
+    return {"plan": asdict(plan), "groups": groups}
+
+
+def sweep_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
+    """Key on the grid's point ids, but only once every point is finished in storage."""
+    plan = SweepPlan(**parameters["planned"]["plan"])
+    if not all(is_finished(member) for member in plan.members()):
+        return None
+    return f"sweep:{plan.sweep_id}:{spec_hash(sorted(p['sae_id'] for p in plan.points))}"
+
+
+@task(**STORAGE_RETRY, retry_condition_fn=retry_unless_bad_input, cache_key_fn=sweep_cache_key, persist_result=True)
+def train_groups_task(planned: dict[str, Any], settings: dict[str, Any], num_actors: int, ray_address: str | None) -> list[str]:
+    """Train every unfinished point (groups share a stream); returns the trained SAE URIs."""
+    from infra.ray_pool import ensure_ray
+
+    plan = SweepPlan(**planned["plan"])
+    finished = {m.sae_id for m in plan.members() if is_finished(m)}
+    todo = [[sae_id for sae_id in group if sae_id not in finished] for group in planned["groups"]]
+    todo = [group for group in todo if group]
+    if todo:
+        ensure_ray(ray_address)
+        run_groups(plan, todo, settings, num_actors)
+    return [p["sae_uri"] for p in plan.points]
+
+
+@task(**STORAGE_RETRY, retry_condition_fn=retry_unless_bad_input)
+def write_results_task(planned: dict[str, Any]) -> str:
+    """results.parquet (pandera-validated) for the whole grid; returns its URI."""
+    return write_results(SweepPlan(**planned["plan"]))
+
+
+@task(**STORAGE_RETRY, retry_condition_fn=retry_unless_bad_input)
+def report_task(planned: dict[str, Any], results_uri: str) -> str:
+    """Plots + markdown report on storage and as Prefect artifacts; returns the report URI."""
+    plan = SweepPlan(**planned["plan"])
+    frame = read_results(results_uri)
+    folder = join(plan.root, "evals", plan.sweep_id)
+    plot_uris = {}
+    for name, png in sweep_plots(frame).items():
+        plot_uris[name] = join(folder, "plots", name)
+        write_bytes_atomic(plot_uris[name], png)
+    columns = [c for c in ("sae_id", "architecture", "d_sae", "k", "sparsity_coefficient", "lr", "l0", "explained_variance",
+                           "ce_loss_recovered", "kl_spliced", "ce_loss_recovered_random", "dead_fraction", "device_seconds") if c in frame]
+    table = frame[columns].round(4)
+    markdown = (
+        f"# Sweep `{plan.sweep_id}`\n\nHarvest `{plan.harvest}`, hookpoint `{plan.hookpoint}`, "
+        f"{plan.total_steps} steps x {plan.batch_size} tokens per SAE.\n\n{table.to_markdown(index=False)}\n\n"
+        + "\n".join(f"![{name[:-4]}](plots/{name})" for name in plot_uris)
+        + f"\n\nResults table: `{results_uri}`\n"
+    )
+    report_uri = join(folder, "report.md")
+    write_bytes_atomic(report_uri, markdown.encode())
+    create_table_artifact(table=table.to_dict(orient="records"), key="sweep-results", description=f"Sweep {plan.sweep_id}")
+    create_markdown_artifact(markdown=markdown, key="sweep-report", description=f"Sweep {plan.sweep_id}")
+    return report_uri
+
+
+@task
+def track_task(planned: dict[str, Any], project: str, mode: str | None) -> int:
+    """One W&B run per grid point (config, loss curves, metrics); returns how many were logged."""
+    plan = SweepPlan(**planned["plan"])
+    logged = 0
+    for point in plan.points:
+        history = read_json(join(point["sae_uri"], HISTORY_FILE))
+        metrics = read_json(join(point["sae_uri"], "metrics.json"))
+        config = {"sae": point["sae_config"], "train": point["train_config"], "hookpoint": plan.hookpoint, "harvest": plan.harvest}
+        logged += log_grid_point(project, plan.sweep_id, point["sae_id"], config, history, metrics, mode) is not None
+    return logged

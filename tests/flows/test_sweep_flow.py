@@ -1,0 +1,114 @@
+"""The sweep flow end to end on a tiny local model: results, plots, SAELens exports, caching."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import tasks.sweep
+from flows.sweep import SweepSpec, sweep
+from infra.harvest import ShardHarvester
+from infra.harvest_plan import commit_harvest, plan_harvest
+from infra.sae_store import load_sae
+from infra.sweep_grid import SweepSpecError
+from infra.sweep_run import read_results
+from infra.tokens import BUILTIN_PYDOC, TokenSpec
+from sae_core import ConfigError
+from tests.infra.tiny_models import build_tiny_model
+
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_server", "ray_local")]
+HOOKPOINT = "blocks.1.hook_resid_post"
+
+
+@pytest.fixture(scope="module")
+def stored_harvest(tmp_path_factory) -> tuple[str, Path]:
+    base = tmp_path_factory.mktemp("sweep")
+    model = build_tiny_model("gpt2", base / "gpt2")
+    spec = TokenSpec(source=BUILTIN_PYDOC, tokenizer=str(model), context_length=32, num_tokens=32 * 80)
+    job = plan_harvest(str(model), [HOOKPOINT], spec, str(base / "root"), dtype="float32", contexts_per_shard=16)
+    harvester = ShardHarvester(job, device="cpu")
+    for index in range(job.num_shards):
+        harvester.harvest(index)
+    commit_harvest(job)
+    return job.harvest, base / "root"
+
+
+def spec(harvest: str, root: Path, **overrides) -> SweepSpec:
+    values = {
+        "name": "tiny",
+        "harvest": harvest,
+        "hookpoint": HOOKPOINT,
+        "architectures": ["topk", "relu"],
+        "expansion_factors": [4.0],
+        "ks": [4, 8],
+        "sparsity_coefficients": [0.3, 1.0],
+        "lrs": [3e-3],
+        "train_tokens": 256 * 120,
+        "batch_size": 256,
+        "warmup_steps": 10,
+        "eval_contexts": 8,
+        "splice_contexts": 4,
+        "checkpoint_every": 40,
+        "shuffle_buffer": 2048,
+        "root": str(root),
+        "wandb_mode": "disabled",
+    }
+    return SweepSpec(**{**values, **overrides})
+
+
+def test_sweep_trains_evaluates_reports_and_caches(stored_harvest, monkeypatch):
+    harvest, root = stored_harvest
+    report_uri = sweep(spec(harvest, root))
+    folder = Path(report_uri).parent
+    results = read_results(str(folder / "results.parquet"))
+    assert len(results) == 4 and set(results["architecture"]) == {"topk", "relu"}
+    assert (results["explained_variance"] > 0.5).all(), results[["sae_id", "explained_variance"]]
+    assert results["ce_loss_recovered"].notna().all() and results["kl_spliced"].ge(0).all()
+    assert results["device_seconds"].gt(0).all()
+    for name in ("l0_vs_explained_variance.png", "l0_vs_ce_loss_recovered.png", "explained_variance_vs_device_seconds.png"):
+        assert (folder / "plots" / name).read_bytes().startswith(b"\x89PNG")
+    for row in results.itertuples():
+        assert load_sae(row.sae_uri).cfg.d_sae == 128
+        features = pd.read_parquet(row.features_uri)
+        assert len(features) == 128 and features["density"].between(0, 1).all()
+    assert "| topk" in Path(report_uri).read_text() or "topk" in Path(report_uri).read_text()
+
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("nothing should be trained again")
+
+    monkeypatch.setattr(tasks.sweep, "run_groups", must_not_train)
+    assert sweep(spec(harvest, root)) == report_uri
+    monkeypatch.undo()
+
+    trained = []
+    real_run_groups = tasks.sweep.run_groups
+    monkeypatch.setattr(tasks.sweep, "run_groups", lambda plan, groups, *a: trained.append(groups) or real_run_groups(plan, groups, *a))
+    stamps = {p: p.stat().st_mtime_ns for p in root.glob("saes/*/*/sae_weights.safetensors")}
+    sweep(spec(harvest, root, ks=[4, 8, 2]))
+    new_ids = {sae_id for groups in trained for group in groups for sae_id in group}
+    assert len(new_ids) == 1 and next(iter(new_ids)).startswith("topk-128-k2")
+    assert all(p.stat().st_mtime_ns == stamp for p, stamp in stamps.items()), "a finished point was retrained"
+    assert len(read_results(str(folder / "results.parquet"))) == 5
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error", "pattern"),
+    [
+        ({"ks": [999]}, ConfigError, r"SaeConfig\.k=999 is invalid: an integer in 1\.\.d_sae=128"),
+        ({"architectures": ["sigmoid"]}, ConfigError, r"SaeConfig\.architecture='sigmoid'"),
+        ({"lrs": [-1.0]}, ConfigError, r"TrainConfig\.lr=-1\.0"),
+        ({"hookpoint": "blocks.0.hook_mlp_out"}, SweepSpecError, r"was not harvested"),
+    ],
+)
+def test_bad_sweep_specs_fail_before_training(stored_harvest, overrides, error, pattern, tmp_path):
+    harvest, _ = stored_harvest
+    with pytest.raises(error, match=pattern):
+        sweep(spec(harvest, tmp_path, **overrides))
+    assert not (tmp_path / "saes").exists()
+
+
+def test_missing_harvest_is_a_clear_error(tmp_path):
+    with pytest.raises(SweepSpecError, match=r"has no _manifest\.json: run the harvest flow first"):
+        sweep(spec(str(tmp_path / "activations" / "nope-123"), tmp_path))
