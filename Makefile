@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 # Nothing in the demo or the tests may reach the internet, W&B's servers included.
 OFFLINE := HF_HUB_OFFLINE=1 PREFECT_SERVER_ANALYTICS_ENABLED=false RAY_USAGE_STATS_ENABLED=0 \
-           RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 WANDB_MODE=offline
+           RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
 
 .PHONY: setup demo test clean
 
@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: setup
-	$(OFFLINE) $(BIN)/python -m flows.synthetic_demo
+	$(OFFLINE) WANDB_MODE=offline $(BIN)/python -m flows.synthetic_demo
 
 test: setup
 	$(OFFLINE) WANDB_MODE=disabled $(BIN)/python -m pytest -q
