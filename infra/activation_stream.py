@@ -70,6 +70,9 @@ class StreamSpec:
     """Cycle through the shards, in a new order each epoch, so the stream outlasts the data."""
     drop_last: bool = True
     """Drop a final partial batch (training wants equal batches); False keeps it (evaluation wants every row)."""
+    aligned_harvests: tuple[str, ...] = ()
+    """More harvests row-aligned with `harvest` (same token spec, checked by infra.alignment):
+    batches become [batch_size, 1 + len(aligned_harvests), d_model], one slice per source (crosscoders)."""
 
     def __post_init__(self) -> None:
         for name, low in (("batch_size", 1), ("shuffle_buffer", 0), ("seed", 0), ("prefetch", 0)):
@@ -87,6 +90,8 @@ class StreamSpec:
 class _Shard:
     path: str
     """Path inside the filesystem."""
+    aligned_paths: tuple[str, ...]
+    """The same shard of each aligned harvest."""
     rows: int
     filter_seq: bool
     """Whether only part of the shard's contexts lie in seq_range (so seq_id must be read)."""
@@ -98,6 +103,8 @@ class _Plan:
     fs: AbstractFileSystem
     shards: list[_Shard]
     d_model: int
+    sources: int
+    """1 + number of aligned harvests."""
 
     @property
     def where(self) -> str:
@@ -128,31 +135,34 @@ def _plan(spec: StreamSpec) -> _Plan:
     if spec.hookpoint not in manifest["hookpoints"]:
         raise StreamSpecError(f"{spec.harvest}: hookpoint {spec.hookpoint!r} was not harvested; available: {manifest['hookpoints']}")
     fs, base = filesystem(spec.harvest)
+    aligned = [(read_manifest(uri), filesystem(uri)[1]) for uri in spec.aligned_harvests]
     shards, bound = [], 0
     for entry in sorted(manifest["shards"], key=lambda s: s["index"]):
         path, rows = f"{base}/{entry['files'][spec.hookpoint]['path']}", int(entry["rows"])
+        others = tuple(f"{b}/{m['shards'][entry['index']]['files'][spec.hookpoint]['path']}" for m, b in aligned)
         start, stop = entry.get("seq_start"), entry.get("seq_stop")
         if spec.seq_range is None or start is None or stop is None:  # no bounds recorded: read and filter
-            shards.append(_Shard(path, rows, spec.seq_range is not None))
+            shards.append(_Shard(path, others, rows, spec.seq_range is not None))
             bound += rows
             continue
         overlap = min(stop, spec.seq_range[1]) - max(start, spec.seq_range[0])
         if overlap > 0:
-            shards.append(_Shard(path, rows, overlap < stop - start))
+            shards.append(_Shard(path, others, rows, overlap < stop - start))
             bound += rows * overlap // (stop - start)
     if bound == 0:
         raise StreamSpecError(f"{spec.harvest}: seq_range={spec.seq_range} selects no rows; the harvest has {manifest['num_contexts']} contexts")
     if not spec.loop and bound < spec.batch_size:
         raise StreamSpecError(f"{spec.harvest}: at most {bound} rows in seq_range={spec.seq_range}, fewer than batch_size={spec.batch_size}; use loop=True or a smaller batch")
-    return _Plan(replace(spec), fs, shards, int(manifest["d_model"]))  # a copy: later edits to spec change nothing
+    return _Plan(replace(spec), fs, shards, int(manifest["d_model"]), 1 + len(aligned))  # a copy: later edits to spec change nothing
 
 
-def _read_columns(plan: _Plan, shard: _Shard, columns: list[str]) -> Any:
+def _read_columns(plan: _Plan, shard: _Shard, columns: list[str], path: str | None = None) -> Any:
+    path = path or shard.path
     try:
-        with plan.fs.open(shard.path, "rb") as handle:
+        with plan.fs.open(path, "rb") as handle:
             return pq.read_table(handle, columns=columns)
     except Exception as error:  # keep the type (FileNotFoundError, ArrowInvalid, ...), name the shard
-        error.add_note(f"while streaming shard {shard.path} of {plan.spec.harvest}")
+        error.add_note(f"while streaming shard {path} of {plan.spec.harvest}")
         raise
 
 
@@ -172,12 +182,18 @@ def _filter_columns(plan: _Plan, shard: _Shard) -> list[str]:
 
 
 def _read_shard(plan: _Plan, shard: _Shard) -> np.ndarray:
-    """The shard's kept rows, [rows, d_model] in the stored dtype."""
+    """The shard's kept rows, [rows, sources * d_model] in the stored dtype (sources side by side)."""
     table = _read_columns(plan, shard, ["activation", *_filter_columns(plan, shard)])
-    width = table.schema.field("activation").type.list_size
-    if width != plan.d_model:
-        raise ValueError(f"{shard.path}: activation width {width}, the manifest says d_model={plan.d_model}")
-    acts_ND = activations_numpy(table)
+    parts = [table]
+    for path in shard.aligned_paths:  # row i of every aligned shard is the same token
+        parts.append(_read_columns(plan, shard, ["activation"], path))
+        if parts[-1].num_rows != table.num_rows:
+            raise ValueError(f"{path}: {parts[-1].num_rows} rows, but {shard.path} has {table.num_rows}: harvests are not row-aligned")
+    for part, path in zip(parts, (shard.path, *shard.aligned_paths)):
+        width = part.schema.field("activation").type.list_size
+        if width != plan.d_model:
+            raise ValueError(f"{path}: activation width {width}, the manifest says d_model={plan.d_model}")
+    acts_ND = activations_numpy(table) if len(parts) == 1 else np.concatenate([activations_numpy(p) for p in parts], axis=1)
     keep = _keep_mask(plan, shard, table)
     return acts_ND if keep is None else acts_ND[keep]
 
@@ -272,17 +288,22 @@ def _batches(plan: _Plan, pool: ThreadPoolExecutor, start_batch: int, stop: thre
         index, skip = index[skip:], 0
         while len(index):
             if batch_BD is None:
-                batch_BD = torch.empty((spec.batch_size, plan.d_model), dtype=torch.float32, pin_memory=pin)
+                batch_BD = torch.empty((spec.batch_size, plan.sources * plan.d_model), dtype=torch.float32, pin_memory=pin)
             take = min(spec.batch_size - fill, len(index))
             batch_BD.numpy()[fill : fill + take] = source[index[:take]]
             fill, index = fill + take, index[take:]
             if fill == spec.batch_size:
-                yield batch_BD
+                yield _per_source(batch_BD, plan)
                 batch_BD, fill = None, 0
     if batch_BD is not None and fill and not spec.drop_last:
-        yield batch_BD[:fill]
+        yield _per_source(batch_BD[:fill], plan)
     elif not spec.loop and seen < spec.batch_size:
         raise ValueError(f"{plan.where}: {seen} rows, fewer than batch_size={spec.batch_size}; use loop=True or a smaller batch")
+
+
+def _per_source(batch_BX: torch.Tensor, plan: _Plan) -> torch.Tensor:
+    """[B, d_model] for one harvest; [B, sources, d_model] (a view) for aligned harvests."""
+    return batch_BX if plan.sources == 1 else batch_BX.view(len(batch_BX), plan.sources, plan.d_model)
 
 
 @dataclass

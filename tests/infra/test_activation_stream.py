@@ -195,3 +195,16 @@ def test_drop_last_false_keeps_every_row_for_evaluation(tmp_path):
     kept = manifest["num_rows"] - manifest["num_contexts"]  # every position but the BOS
     assert sum(len(b) for b in batches) == kept
     assert len(batches[-1]) == kept % 7 or len(batches[-1]) == 7
+
+
+def test_aligned_harvests_stream_as_sources(tmp_path):
+    a, manifest = write_fake_harvest(str(tmp_path / "a"))
+    b, _ = write_fake_harvest(str(tmp_path / "b"))
+    hookpoint = manifest["hookpoints"][1]
+    spec = StreamSpec(harvest=a, hookpoint=hookpoint, batch_size=5, shuffle_buffer=8, aligned_harvests=(b,), drop_last=False)
+    batches = list(iter_batches(spec))
+    assert all(batch.shape[1:] == (2, manifest["d_model"]) for batch in batches)
+    rows = torch.cat(batches)
+    assert torch.equal(rows[:, 0], rows[:, 1]), "both sources carry the same token in every row"
+    single = torch.cat(list(iter_batches(StreamSpec(harvest=a, hookpoint=hookpoint, batch_size=5, shuffle_buffer=8, drop_last=False))))
+    assert torch.equal(rows[:, 0], single), "source 0 is exactly the single-harvest stream"

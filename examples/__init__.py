@@ -1,0 +1,1 @@
+"""Runnable examples and demo helpers; not part of saeflow's packages."""
