@@ -5,6 +5,8 @@ Nothing here does I/O or orchestration; infra/ stores what this package computes
 
 from sae_core.base import SaeOutput, SparseCoder
 from sae_core.config import ARCHITECTURES, ConfigError, SaeConfig, TrainConfig
+from sae_core.crosscoder import CROSSCODER_CLASSES, BatchTopKCrosscoder, Crosscoder, ReluCrosscoder, build_crosscoder
+from sae_core.crosscoder_config import CROSSCODER_ARCHITECTURES, CrosscoderConfig
 from sae_core.registry import SAE_CLASSES, build_sae
 from sae_core.saelens_format import SaeFormatError, from_saelens, to_saelens
 from sae_core.state import restore_trainer, trainer_state
@@ -12,8 +14,14 @@ from sae_core.trainer import NonFiniteLossError, SaeTrainer, StepReport, fit_man
 
 __all__ = [
     "ARCHITECTURES",
+    "BatchTopKCrosscoder",
+    "CROSSCODER_ARCHITECTURES",
+    "CROSSCODER_CLASSES",
     "ConfigError",
+    "Crosscoder",
+    "CrosscoderConfig",
     "NonFiniteLossError",
+    "ReluCrosscoder",
     "SAE_CLASSES",
     "SaeConfig",
     "SaeFormatError",
@@ -22,6 +30,7 @@ __all__ = [
     "SparseCoder",
     "StepReport",
     "TrainConfig",
+    "build_crosscoder",
     "build_sae",
     "fit_many",
     "from_saelens",

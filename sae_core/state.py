@@ -8,6 +8,8 @@ import torch
 from torch import Tensor
 
 from sae_core.config import SaeConfig, TrainConfig
+from sae_core.crosscoder import Crosscoder, build_crosscoder
+from sae_core.crosscoder_config import CrosscoderConfig
 from sae_core.registry import build_sae
 from sae_core.trainer import SaeTrainer
 
@@ -31,10 +33,11 @@ def trainer_state(trainer: SaeTrainer) -> tuple[dict[str, Tensor], dict[str, Any
         optimizers_meta.append({"param_groups": groups, "scalars": scalars})
     meta = {
         "format_version": STATE_FORMAT_VERSION,
+        "model_kind": "crosscoder" if isinstance(trainer.sae, Crosscoder) else "sae",
         "step": trainer.step,
         "tokens_seen": trainer.tokens_seen,
         "device_seconds": trainer.device_seconds,
-        "sae_config": trainer.sae.cfg.to_dict(),
+        "sae_config": trainer.sae.cfg.to_dict(),  # a CrosscoderConfig's dict when model_kind is crosscoder
         "train_config": trainer.cfg.to_dict(),
         "optimizers": optimizers_meta,
     }
@@ -45,7 +48,14 @@ def restore_trainer(tensors: dict[str, Tensor], meta: dict[str, Any], device: to
     """Rebuild a trainer from trainer_state's output; raises ValueError naming what is missing."""
     if meta.get("format_version") != STATE_FORMAT_VERSION:
         raise ValueError(f"training state has format_version={meta.get('format_version')!r}, expected {STATE_FORMAT_VERSION}")
-    sae = build_sae(SaeConfig.from_dict(meta["sae_config"]))
+    # States written before crosscoders existed carry no model_kind: they are SAEs.
+    kind = meta.get("model_kind", "sae")
+    if kind == "crosscoder":
+        sae = build_crosscoder(CrosscoderConfig.from_dict(meta["sae_config"]))
+    elif kind == "sae":
+        sae = build_sae(SaeConfig.from_dict(meta["sae_config"]))
+    else:
+        raise ValueError(f"training state has model_kind={kind!r}, expected 'sae' or 'crosscoder'")
     model_state = {name[len("sae."):]: value for name, value in tensors.items() if name.startswith("sae.")}
     missing = sorted(set(sae.state_dict()) - set(model_state))
     if missing:
