@@ -10,13 +10,14 @@ from sae_core.config import SaeConfig, TrainConfig
 
 def build_optimizers(sae: nn.Module, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
     """One Adam over every parameter, or Muon over weight matrices plus Adam over the rest."""
-    params = [p for p in sae.parameters() if p.requires_grad]
+    named = [(name, p) for name, p in sae.named_parameters() if p.requires_grad]
     adam_kwargs = {"lr": cfg.lr, "betas": cfg.adam_betas}
-    if cfg.optimizer == "adam":
-        return [torch.optim.Adam(params, **adam_kwargs)]
-    # Muon orthogonalises 2-D updates only; vectors (biases, thresholds) stay on Adam.
-    matrices = [p for p in params if p.ndim == 2]
-    vectors = [p for p in params if p.ndim != 2]
+    # Muon orthogonalises the updates of 2-D weight matrices only; biases, thresholds and a
+    # crosscoder's 3-D per-source weights stay on Adam.
+    matrices = [p for name, p in named if name.startswith("W_") and p.ndim == 2]
+    if cfg.optimizer == "adam" or not matrices:
+        return [torch.optim.Adam([p for _, p in named], **adam_kwargs)]
+    vectors = [p for name, p in named if not (name.startswith("W_") and p.ndim == 2)]
     muon = torch.optim.Muon(matrices, lr=cfg.lr, weight_decay=0.0, adjust_lr_fn="match_rms_adamw")
     return [muon, torch.optim.Adam(vectors, **adam_kwargs)]
 

@@ -1,0 +1,135 @@
+"""Train a crosscoder on row-aligned harvests and write the latent diff (the diff stage's work).
+
+Layout under {root}/diffs/{diff_id}/: crosscoder/ (weights + config), checkpoint/ (resumable
+state), latents.parquet (one row per latent), relative_norms.png, summary.json (written last:
+the commit marker that makes the diff trusted and lets a re-run return at once).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from infra.activation_store import read_manifest
+from infra.activation_stream import StreamSpec, iter_batches, split_eval
+from infra.crosscoder_store import save_crosscoder
+from infra.diff_report import latents_frame, relative_norm_histogram
+from infra.sae_store import load_training_state, save_training_state
+from infra.storage import exists, join, read_bytes, read_json, write_bytes_atomic, write_json_atomic
+from infra.training import HISTORY_FILE, pick_device
+from sae_core import SaeTrainer, TrainConfig, fit_many
+from sae_core.crosscoder import build_crosscoder
+from sae_core.crosscoder_config import CrosscoderConfig
+from sae_core.diffing import diff_summary
+
+SUMMARY_FILE = "summary.json"
+
+
+@dataclass
+class DiffPlan:
+    """Everything the crosscoder actor needs, JSON-able."""
+
+    diff_id: str
+    root: str
+    models: list[str]
+    harvests: list[str]
+    hookpoint: str
+    crosscoder_config: dict[str, Any]
+    train_config: dict[str, Any]
+    batch_size: int
+    eval_contexts: int
+    checkpoint_every: int
+    shuffle_buffer: int
+    shared_band: tuple[float, float]
+    exclusive_margin: float
+    seed: int = 0
+
+    def uri(self, *parts: str) -> str:
+        """A key under this diff's folder."""
+        return join(self.root, "diffs", self.diff_id, *parts)
+
+
+def diff_done(plan: DiffPlan) -> bool:
+    """Whether the diff's summary (its commit marker) exists."""
+    return exists(plan.uri(SUMMARY_FILE))
+
+
+class CrosscoderWorker:
+    """A Ray actor training one diff's crosscoder with checkpoint/resume, then writing the diff."""
+
+    def __init__(self, plan: dict[str, Any], num_threads: int | None = None) -> None:
+        if num_threads:
+            torch.set_num_threads(num_threads)
+        self.plan = DiffPlan(**plan)
+        self.device = pick_device()
+
+    def _stream(self, seq_range: tuple[int, int], training: bool) -> StreamSpec:
+        plan = self.plan
+        return StreamSpec(
+            harvest=plan.harvests[0], hookpoint=plan.hookpoint, batch_size=plan.batch_size, seed=plan.seed,
+            seq_range=seq_range, loop=training, drop_last=training, aligned_harvests=tuple(plan.harvests[1:]),
+            shuffle_buffer=plan.shuffle_buffer if training else 0,
+        )
+
+    def run(self, item: int = 0) -> dict[str, Any]:
+        """Train (or resume), evaluate and write the diff; returns its summary."""
+        plan = self.plan
+        if diff_done(plan):
+            return read_json(plan.uri(SUMMARY_FILE))
+        train_range, eval_range = split_eval(read_manifest(plan.harvests[0]), plan.eval_contexts)
+        restored = load_training_state(plan.uri("checkpoint"), device=self.device)
+        if restored is None:
+            model = build_crosscoder(CrosscoderConfig.from_dict(plan.crosscoder_config)).to(self.device)
+            trainer, history, start = SaeTrainer(model, TrainConfig.from_dict(plan.train_config)), [], 0
+        else:
+            trainer, extra = restored
+            history, start = list(extra.get("history", [])), int(extra["batches_consumed"])
+        for report in fit_many([trainer], iter_batches(self._stream(train_range, training=True), start_batch=start)):
+            consumed = start + report.step + 1
+            if consumed % 50 == 0:
+                history.append({"step": consumed, **{k: float(v) for k, v in report.metrics[0].items()}})
+            if consumed % plan.checkpoint_every == 0:
+                save_training_state(trainer, plan.uri("checkpoint"), extra={"batches_consumed": consumed, "history": history})
+        return self._write_diff(trainer, history, eval_range)
+
+    @torch.no_grad()
+    def _write_diff(self, trainer: SaeTrainer, history: list[dict[str, float]], eval_range: tuple[int, int]) -> dict[str, Any]:
+        plan, crosscoder = self.plan, trainer.sae.eval()
+        x_BMD = torch.cat([batch.to(self.device) for batch in iter_batches(self._stream(eval_range, training=False))])
+        acts_BF = crosscoder.encode(x_BMD)
+        x_hat_BMD = crosscoder.decode(acts_BF)
+        summary = diff_summary(crosscoder.W_dec, x_BMD, x_hat_BMD, acts_BF, 0, len(plan.harvests) - 1, plan.shared_band, plan.exclusive_margin)
+        frame = latents_frame(crosscoder.W_dec, acts_BF, plan.shared_band, plan.exclusive_margin)
+        sink = io.BytesIO()
+        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), sink)
+        save_crosscoder(crosscoder, plan.uri("crosscoder"), metadata={"models": plan.models, "hookpoint": plan.hookpoint})
+        write_bytes_atomic(plan.uri("latents.parquet"), sink.getvalue())
+        write_bytes_atomic(plan.uri("relative_norms.png"), relative_norm_histogram(frame, plan.models, plan.shared_band, plan.exclusive_margin))
+        write_json_atomic(plan.uri(HISTORY_FILE), history)
+        summary.update(
+            diff_id=plan.diff_id, models=plan.models, hookpoint=plan.hookpoint, eval_tokens=int(x_BMD.shape[0]),
+            steps=trainer.step, device_seconds=trainer.device_seconds, latents_uri=plan.uri("latents.parquet"),
+        )
+        write_json_atomic(plan.uri(SUMMARY_FILE), _jsonable(summary))
+        return read_json(plan.uri(SUMMARY_FILE))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    return value
+
+
+def read_latents(plan: DiffPlan) -> pd.DataFrame:
+    """latents.parquet as pandas."""
+    return pq.read_table(io.BytesIO(read_bytes(plan.uri("latents.parquet")))).to_pandas()

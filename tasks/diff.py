@@ -1,0 +1,76 @@
+"""Prefect tasks of the diff stage: check models, check alignment, train the crosscoder, report."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.context import TaskRunContext
+
+from infra.alignment import check_aligned
+from infra.diff_plan import check_models, plan_diff
+from infra.diff_run import SUMMARY_FILE, CrosscoderWorker, DiffPlan, diff_done, read_latents
+from infra.storage import read_json, write_bytes_atomic
+from infra.tracking import log_grid_point
+from tasks.retry import STORAGE_RETRY, retry_unless_bad_input
+
+
+@task(**STORAGE_RETRY, retry_condition_fn=retry_unless_bad_input)
+def check_models_task(models: list[str], hookpoint: str) -> int:
+    """Two+ models, the hookpoint on each, one d_model, one tokenizer; returns d_model."""
+    return check_models(models, hookpoint)
+
+
+@task(**STORAGE_RETRY, retry_condition_fn=retry_unless_bad_input)
+def check_alignment_task(harvests: list[str], hookpoint: str) -> dict[str, int]:
+    """Every harvest has the same (seq_id, pos, token_id) rows in every shard."""
+    return check_aligned(harvests, hookpoint)
+
+
+@task(retry_condition_fn=retry_unless_bad_input)
+def plan_diff_task(spec: dict[str, Any], harvests: list[str], d_model: int) -> dict[str, Any]:
+    """Validated crosscoder + training configs and the diff's storage layout."""
+    return asdict(plan_diff(spec, harvests, d_model))
+
+
+def diff_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
+    """The diff id once its summary exists (storage decides; Prefect then skips the task)."""
+    plan = DiffPlan(**parameters["plan"])
+    return f"diff:{plan.diff_id}" if diff_done(plan) else None
+
+
+@task(**STORAGE_RETRY, retry_condition_fn=retry_unless_bad_input, cache_key_fn=diff_cache_key, persist_result=True)
+def train_crosscoder_task(plan: dict[str, Any], ray_address: str | None = None) -> dict[str, Any]:
+    """Train (or resume) the crosscoder in a Ray actor and write the diff; returns its summary."""
+    from infra.ray_pool import ensure_ray, run_pool
+
+    if diff_done(DiffPlan(**plan)):  # storage says finished: no actor, no model, no training
+        return read_json(DiffPlan(**plan).uri(SUMMARY_FILE))
+    ensure_ray(ray_address)
+    return run_pool(CrosscoderWorker, (plan,), "run", [0], 1, name_prefix=f"diff-{plan['diff_id']}")[0]
+
+
+@task(**STORAGE_RETRY, retry_condition_fn=retry_unless_bad_input)
+def diff_report_task(plan_dict: dict[str, Any], summary: dict[str, Any], wandb_project: str, wandb_mode: str | None) -> str:
+    """report.md + Prefect artifacts (summary, top exclusive latents) + a W&B run; returns the report URI."""
+    plan = DiffPlan(**plan_dict)
+    latents = read_latents(plan)
+    counts = summary["counts"]
+    ev = ", ".join(f"{m}: {v:.3f}" for m, v in zip(plan.models, summary["explained_variance_per_source"]))
+    exclusive = latents[latents["class"].isin(["a_only", "b_only"])].sort_values("frequency", ascending=False).head(20)
+    markdown = (
+        f"# Crosscoder diff `{plan.diff_id}`\n\nA = `{plan.models[0]}`, B = `{plan.models[-1]}`, hookpoint `{plan.hookpoint}`.\n\n"
+        f"| shared | A-only | B-only | other | dead |\n|---|---|---|---|---|\n"
+        f"| {counts['shared']} | {counts['a_only']} | {counts['b_only']} | {counts['other']} | {summary['dead_latents']} |\n\n"
+        f"Explained variance per source: {ev}. Mean decoder cosine of shared latents: {summary['shared_decoder_cosine_mean']:.3f}.\n\n"
+        f"![relative decoder norms](relative_norms.png)\n\nMost frequent exclusive latents:\n\n{exclusive.round(4).to_markdown(index=False)}\n"
+    )
+    uri = plan.uri("report.md")
+    write_bytes_atomic(uri, markdown.encode())
+    create_markdown_artifact(markdown=markdown, key="diff-report", description=f"Diff {plan.diff_id}")
+    create_table_artifact(table=exclusive.round(4).to_dict(orient="records"), key="diff-exclusive-latents")
+    history = read_json(plan.uri("history.json"))
+    log_grid_point(wandb_project, f"diff-{plan.diff_id}", plan.diff_id, plan_dict, history, summary.get("fractions", {}), wandb_mode)
+    return uri

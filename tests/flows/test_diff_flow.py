@@ -1,0 +1,84 @@
+"""The diff flow on two checkpoints of one tiny GPT-NeoX: outputs, cache hit, and clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import infra.ray_pool
+from examples.checkpoint_pair import make_checkpoint_pair
+from flows.diff import DiffSpec, diff
+from infra.crosscoder_store import load_crosscoder
+from infra.diff_plan import DiffSpecError
+from infra.hookpoints import HookpointError
+from tests.infra.tiny_models import build_tiny_model, build_tokenizer
+
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_server", "ray_local")]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> tuple[str, str, Path]:
+    base = tmp_path_factory.mktemp("diff")
+    tokenizer_dir = build_tiny_model("gpt_neox", base / "tokenizer-source")
+    early, late = make_checkpoint_pair(base / "pair", str(tokenizer_dir), early_step=10, late_step=80, d_model=32)
+    return str(early), str(late), base
+
+
+def spec(models: list[str], root: Path, **overrides) -> DiffSpec:
+    values = {
+        "models": models, "hookpoint": "blocks.1.hook_resid_post", "context_length": 32, "num_tokens": 32 * 48,
+        "expansion_factor": 4.0, "sparsity_coefficient": 0.3, "lr": 3e-3, "train_tokens": 256 * 120, "batch_size": 256,
+        "warmup_steps": 10, "eval_contexts": 8, "checkpoint_every": 40, "shuffle_buffer": 2048, "root": str(root),
+        "wandb_mode": "disabled",
+    }
+    return DiffSpec(**{**values, **overrides})
+
+
+def test_diff_writes_crosscoder_latents_histogram_and_caches(checkpoints, monkeypatch):
+    early, late, base = checkpoints
+    report = Path(diff(spec([early, late], base / "root")))
+    folder = report.parent
+    latents = pd.read_parquet(folder / "latents.parquet")
+    assert len(latents) == 128
+    assert set(latents["class"]) <= {"shared", "a_only", "b_only", "other", "dead"}
+    assert latents["relative_norm"].dropna().between(0, 1).all()
+    assert (folder / "relative_norms.png").read_bytes().startswith(b"\x89PNG")
+    crosscoder = load_crosscoder(str(folder / "crosscoder"))
+    assert tuple(crosscoder.W_dec.shape) == (128, 2, 32)
+    text = report.read_text()
+    assert "shared" in text and "Explained variance per source" in text
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished diff must not train or harvest again")
+
+    monkeypatch.setattr(infra.ray_pool, "run_pool", no_training)
+    assert Path(diff(spec([early, late], base / "root"))) == report
+
+
+def test_single_model_is_a_clear_error(checkpoints, tmp_path):
+    early, _, _ = checkpoints
+    with pytest.raises(DiffSpecError, match=r"at least two model references"):
+        diff(spec([early], tmp_path))
+
+
+def test_mismatched_d_model_is_a_clear_error(checkpoints, tmp_path):
+    early, _, base = checkpoints
+    wider, _ = make_checkpoint_pair(base / "wide", early, early_step=2, late_step=4, d_model=64)
+    with pytest.raises(DiffSpecError, match=r"differ in d_model"):
+        diff(spec([early, str(wider)], tmp_path))
+
+
+def test_mismatched_tokenizer_is_a_clear_error(checkpoints, tmp_path):
+    early, _, base = checkpoints
+    other = build_tiny_model("gpt_neox", base / "other-tokenizer")
+    build_tokenizer(vocab_size=400).save_pretrained(other)
+    with pytest.raises(DiffSpecError, match=r"tokenizer of .* differs"):
+        diff(spec([early, str(other)], tmp_path))
+
+
+def test_unknown_hookpoint_is_a_clear_error(checkpoints, tmp_path):
+    early, late, _ = checkpoints
+    with pytest.raises(HookpointError, match=r"blocks\.5\.hook_resid_post"):
+        diff(spec([early, late], tmp_path, hookpoint="blocks.5.hook_resid_post"))
