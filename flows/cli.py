@@ -1,0 +1,352 @@
+"""`saeflow`: run the flows from a YAML spec, inspect what they stored, serve and deploy them.
+
+    saeflow harvest spec.yaml --set num_tokens=4096 --set hookpoints=[blocks.1.hook_resid_post]
+    saeflow sweep sweep.yaml --set harvest_spec.num_tokens=100000
+    saeflow diff diff.yaml
+    saeflow query ./artifacts/activations/<id> --hookpoint blocks.1.hook_resid_post --seq-id 3
+    saeflow query --results ./artifacts/evals/<sweep_id>/results.parquet
+    saeflow serve | saeflow deploy --api-url http://127.0.0.1:4200/api
+
+Spec errors (bad YAML, unknown keys, invalid values) print one line naming the file and key and
+exit with code 2; a failing flow prints its error and exits with code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+DEFAULT_API_URL = "http://127.0.0.1:4200/api"
+
+
+class SpecError(Exception):
+    """A spec that cannot be built; the message is one line naming where and what."""
+
+
+# --------------------------------------------------------------------------- specs
+
+
+def spec_classes() -> dict[str, type[BaseModel]]:
+    """The flow specs by subcommand (imported lazily: prefect is slow to import)."""
+    from flows.diff import DiffSpec
+    from flows.harvest import HarvestSpec
+    from flows.sweep import SweepSpec
+
+    return {"harvest": HarvestSpec, "sweep": SweepSpec, "diff": DiffSpec}
+
+
+def load_yaml(path: str | None) -> dict[str, Any]:
+    """The YAML mapping in path ({} without a path); SpecError with line and column on bad syntax."""
+    if path is None:
+        return {}
+    try:
+        text = Path(path).read_text()
+    except OSError as error:
+        raise SpecError(f"{path}: cannot read: {error.strerror or error}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "somewhere"
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise SpecError(f"{path}: invalid YAML at {where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: the top level must be a mapping of spec keys, got {type(data).__name__}")
+    return data
+
+
+def apply_override(data: dict[str, Any], assignment: str, origins: dict[str, str]) -> None:
+    """Apply one `key=value` (dotted key for nested specs, value parsed as YAML) to data in place."""
+    key, sep, raw = assignment.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise SpecError(f"--set {assignment!r}: expected KEY=VALUE, e.g. --set num_tokens=4096")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as error:
+        raise SpecError(f"--set {key}: value {raw!r} is not valid YAML: {getattr(error, 'problem', error)}") from None
+    parts = key.split(".")
+    target = data
+    for depth, part in enumerate(parts[:-1]):
+        child = target.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise SpecError(f"--set {key}: {'.'.join(parts[: depth + 1])} is not a nested spec")
+        target = child
+    target[parts[-1]] = value
+    origins[key] = f"--set {key}"
+
+
+def nested_model(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model a field holds (directly or as Optional[...]), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return None
+
+
+def check_keys(cls: type[BaseModel], data: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+    """Dotted keys of data that cls (and its nested specs) does not have; the specs themselves ignore them."""
+    unknown = []
+    for key, value in data.items():
+        field = cls.model_fields.get(key)
+        if field is None:
+            unknown.append((f"{prefix}{key}", cls.__name__))
+            continue
+        inner = nested_model(field.annotation)
+        if inner is not None and isinstance(value, dict):
+            unknown += check_keys(inner, value, f"{prefix}{key}.")
+    return unknown
+
+
+def origin_of(key: str, origins: dict[str, str], path: str | None) -> str:
+    """Where a (dotted) key was set, as a message prefix: '--set KEY' or 'FILE: KEY'."""
+    for set_key in origins:
+        if key == set_key or key.startswith(set_key + ".") or set_key.startswith(key + "."):
+            return f"--set {key}"
+    return f"{path or 'defaults'}: {key}"
+
+
+def build_spec(command: str, path: str | None, overrides: Sequence[str]) -> BaseModel:
+    """YAML + overrides -> the validated spec of command; SpecError (one line) otherwise."""
+    cls = spec_classes()[command]
+    data = load_yaml(path)
+    origins: dict[str, str] = {}
+    for assignment in overrides:
+        apply_override(data, assignment, origins)
+    unknown = check_keys(cls, data)
+    if unknown:
+        messages = [f"{origin_of(key, origins, path)}: unknown key (not a field of {owner})" for key, owner in unknown]
+        raise SpecError("; ".join(messages))
+    try:
+        return cls.model_validate(data)
+    except ValidationError as error:
+        messages = []
+        for item in error.errors():
+            key = ".".join(str(part) for part in item["loc"]) or "<spec>"
+            where = origin_of(key, origins, path)
+            messages.append(f"{where}: {item['msg']} (got {item.get('input')!r})" if item["type"] != "missing"
+                            else f"{where}: required, not set")
+        raise SpecError("; ".join(messages)) from None
+
+
+def run_flow(command: str, spec: BaseModel) -> list[tuple[str, str]]:
+    """Run the flow now; returns (label, uri) pairs to print, the main result first."""
+    if command == "harvest":
+        from flows.harvest import harvest
+
+        return [("harvest", harvest(spec))]
+    if command == "sweep":
+        from flows.sweep import sweep
+
+        report = sweep(spec)
+        folder = report.rsplit("/", 1)[0]
+        return [("report", report), ("results", f"{folder}/results.parquet")]
+    from flows.diff import diff
+
+    report = diff(spec)
+    folder = report.rsplit("/", 1)[0]
+    return [("report", report), ("latents", f"{folder}/latents.parquet")]
+
+
+def cmd_flow(args: argparse.Namespace) -> int:
+    try:
+        spec = build_spec(args.command, args.spec, args.set or [])
+    except SpecError as error:
+        print(f"saeflow {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.dry_run:
+        print(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), end="")
+        return EXIT_OK
+    try:
+        outputs = run_flow(args.command, spec)
+    except Exception as error:  # noqa: BLE001 - the CLI reports, the traceback is in the Prefect logs
+        if args.traceback:
+            raise
+        print(f"saeflow {args.command}: failed: {type(error).__name__}: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    for label, uri in outputs:
+        print(f"{label}: {uri}")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- query
+
+
+def query_activations(args: argparse.Namespace) -> int:
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+    from tqdm import tqdm
+
+    from infra.activation_store import activations_numpy, open_activations, read_manifest
+
+    manifest = read_manifest(args.uri)
+    hookpoint = args.hookpoint or manifest["hookpoints"][0]
+    dataset = open_activations(args.uri, hookpoint)
+    condition = None
+    for column, value in (("seq_id", args.seq_id), ("token_id", args.token_id)):
+        if value is not None:
+            term = ds.field(column) == value
+            condition = term if condition is None else condition & term
+    tables, rows = [], 0
+    fragments = list(dataset.get_fragments(filter=condition))
+    for fragment in tqdm(fragments, desc="shards", unit="shard", disable=None, leave=False, file=sys.stderr):
+        if rows >= args.limit:
+            break
+        table = fragment.to_table(filter=condition) if condition is not None else fragment.to_table()
+        table = table.slice(0, args.limit - rows)
+        tables.append(table)
+        rows += table.num_rows
+    print(f"harvest {args.uri}\nmodel {manifest.get('model')}  hookpoint {hookpoint}  d_model {manifest.get('d_model')}  "
+          f"rows {manifest.get('num_rows')}  hookpoints {', '.join(manifest['hookpoints'])}")
+    if not rows:
+        print("no rows match")
+        return EXIT_OK
+    table = pa.concat_tables(tables)
+    acts = activations_numpy(table).astype(np.float32)
+    frame = pd.DataFrame({
+        "seq_id": table.column("seq_id").to_numpy(),
+        "pos": table.column("pos").to_numpy(),
+        "token_id": table.column("token_id").to_numpy(),
+        "norm": np.linalg.norm(acts, axis=1),
+        f"first {args.values} values": [" ".join(f"{v:+.3f}" for v in row[: args.values]) for row in acts],
+    })
+    print(frame.to_string(index=False))
+    return EXIT_OK
+
+
+def query_results(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from infra.sweep_run import read_results
+
+    frame = read_results(args.results)
+    columns = [c for c in args.columns.split(",") if c in frame.columns] if args.columns else list(frame.columns)
+    with pd.option_context("display.width", 200, "display.max_columns", None, "display.max_colwidth", 60):
+        print(frame[columns].to_string(index=False))
+    return EXIT_OK
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    if (args.uri is None) == (args.results is None):
+        print("saeflow query: error: give either HARVEST_URI or --results RESULTS.parquet", file=sys.stderr)
+        return EXIT_USAGE
+    if args.limit < 1:
+        print("saeflow query: error: --limit must be >= 1", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return query_results(args) if args.results else query_activations(args)
+    except (FileNotFoundError, KeyError, ValueError, OSError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"saeflow query: error: {message}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+# --------------------------------------------------------------------------- serve / deploy
+
+
+def load_serve():
+    try:
+        import flows.serve as serve
+    except ModuleNotFoundError as error:
+        if error.name != "flows.serve":
+            raise
+        print("saeflow: error: flows/serve.py is not available in this installation", file=sys.stderr)
+        return None
+    return serve
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    serve = load_serve()
+    if serve is None:
+        return EXIT_FAILED
+    result = serve.main(list(args.serve_args))
+    return result if isinstance(result, int) else EXIT_OK
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    serve = load_serve()
+    if serve is None:
+        return EXIT_FAILED
+    api_url = args.api_url or os.environ.get("PREFECT_API_URL") or DEFAULT_API_URL
+    names = serve.deploy_all(api_url)
+    for name in names or []:
+        print(f"deployed: {name}")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- parser
+
+
+FLOW_HELP = {
+    "harvest": "Harvest LM activations to Parquet (HarvestSpec) and print the harvest URI.",
+    "sweep": "Train and evaluate a grid of SAEs on a harvest (SweepSpec) and print the report/results URIs.",
+    "diff": "Diff two or more checkpoints with a crosscoder (DiffSpec) and print the report URI.",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="saeflow", description="Harvest activations, train SAE sweeps, diff checkpoints (Prefect flows on Ray).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Spec keys are the fields of HarvestSpec / SweepSpec / DiffSpec; --dry-run prints the resolved spec.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command, text in FLOW_HELP.items():
+        flow_parser = sub.add_parser(command, help=text, description=text)
+        flow_parser.add_argument("spec", nargs="?", metavar="SPEC.yaml", help="YAML mapping of spec fields (defaults when omitted).")
+        flow_parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                                 help="Override a spec field; VALUE is parsed as YAML, dotted KEY for nested specs "
+                                      "(e.g. --set harvest_spec.num_tokens=1000). Repeatable.")
+        flow_parser.add_argument("--dry-run", action="store_true", help="Validate and print the resolved spec as YAML; run nothing.")
+        flow_parser.add_argument("--traceback", action="store_true", help="Re-raise flow failures with the full traceback.")
+        flow_parser.set_defaults(handler=cmd_flow)
+
+    query = sub.add_parser("query", help="Print a sample of stored activations, or a sweep results table.",
+                           description="Print a sample of stored activations (Arrow), or a sweep results table.")
+    query.add_argument("uri", nargs="?", metavar="HARVEST_URI", help="Harvest folder (path, file:// or s3:// URL).")
+    query.add_argument("--results", metavar="RESULTS.parquet", help="Print this sweep results table instead.")
+    query.add_argument("--hookpoint", help="Hookpoint to read (default: the harvest's first).")
+    query.add_argument("--seq-id", type=int, help="Only rows of this context.")
+    query.add_argument("--token-id", type=int, help="Only rows of this token id.")
+    query.add_argument("--limit", type=int, default=10, help="Most rows to print (default 10).")
+    query.add_argument("--values", type=int, default=4, help="Activation values shown per row (default 4).")
+    query.add_argument("--columns", help="Comma-separated results columns to show (default: all).")
+    query.set_defaults(handler=cmd_query)
+
+    serve = sub.add_parser("serve", help="Start the Prefect server, work pool and worker (flows.serve.main).",
+                           description="Start the Prefect server, work pool and worker (flows.serve.main).")
+    serve.add_argument("serve_args", nargs=argparse.REMAINDER, metavar="...",
+                       help="Passed to flows.serve.main (e.g. --port 4200 --pool saeflow --no-server).")
+    serve.set_defaults(handler=cmd_serve)
+    deploy = sub.add_parser("deploy", help="Register the harvest/sweep/diff deployments (flows.serve.deploy_all).",
+                            description="Register the harvest/sweep/diff deployments (flows.serve.deploy_all).")
+    deploy.add_argument("--api-url", help=f"Prefect API URL (default: $PREFECT_API_URL or {DEFAULT_API_URL}).")
+    deploy.set_defaults(handler=cmd_deploy)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code (argparse usage errors return 2 too)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
