@@ -160,6 +160,14 @@ def run_flow(command: str, spec: BaseModel) -> list[tuple[str, str]]:
     return [("report", report), ("latents", f"{folder}/latents.parquet")]
 
 
+def one_line(error: BaseException) -> str:
+    """The root error as one line (a Ray task error carries the remote traceback; its cause is the error)."""
+    cause = getattr(error, "cause", None)
+    error = cause if isinstance(cause, BaseException) else error
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[-1] if lines else ''}"
+
+
 def cmd_flow(args: argparse.Namespace) -> int:
     try:
         spec = build_spec(args.command, args.spec, args.set or [])
@@ -174,7 +182,7 @@ def cmd_flow(args: argparse.Namespace) -> int:
     except Exception as error:  # noqa: BLE001 - the CLI reports, the traceback is in the Prefect logs
         if args.traceback:
             raise
-        print(f"saeflow {args.command}: failed: {type(error).__name__}: {error}", file=sys.stderr)
+        print(f"saeflow {args.command}: failed: {one_line(error)}", file=sys.stderr)
         return EXIT_FAILED
     for label, uri in outputs:
         print(f"{label}: {uri}")
