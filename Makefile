@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: setup
-	$(OFFLINE) WANDB_MODE=offline $(BIN)/python -m flows.synthetic_demo
+	$(OFFLINE) WANDB_MODE=offline $(BIN)/python -m flows.demo
 
 test: setup
 	$(OFFLINE) WANDB_MODE=disabled $(BIN)/python -m pytest -q

@@ -151,7 +151,7 @@ def _plan(spec: StreamSpec) -> _Plan:
             bound += rows * overlap // (stop - start)
     if bound == 0:
         raise StreamSpecError(f"{spec.harvest}: seq_range={spec.seq_range} selects no rows; the harvest has {manifest['num_contexts']} contexts")
-    if not spec.loop and bound < spec.batch_size:
+    if not spec.loop and spec.drop_last and bound < spec.batch_size:
         raise StreamSpecError(f"{spec.harvest}: at most {bound} rows in seq_range={spec.seq_range}, fewer than batch_size={spec.batch_size}; use loop=True or a smaller batch")
     return _Plan(replace(spec), fs, shards, int(manifest["d_model"]), 1 + len(aligned))  # a copy: later edits to spec change nothing
 

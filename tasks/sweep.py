@@ -12,7 +12,7 @@ from prefect.context import TaskRunContext
 from infra.ids import spec_hash
 from infra.plots import sweep_plots
 from infra.storage import join, read_json, write_bytes_atomic
-from infra.sweep_grid import SweepPlan, group_points, memory_budget_bytes, plan_sweep
+from infra.sweep_grid import K_ARCHITECTURES, SweepPlan, group_points, memory_budget_bytes, plan_sweep
 from infra.sweep_run import read_results, run_groups, write_results
 from infra.tracking import log_grid_point
 from infra.training import HISTORY_FILE, is_finished
@@ -69,7 +69,11 @@ def report_task(planned: dict[str, Any], results_uri: str) -> str:
         write_bytes_atomic(plot_uris[name], png)
     columns = [c for c in ("sae_id", "architecture", "d_sae", "k", "sparsity_coefficient", "lr", "l0", "explained_variance",
                            "ce_loss_recovered", "kl_spliced", "ce_loss_recovered_random", "dead_fraction", "device_seconds") if c in frame]
-    table = frame[columns].round(4)
+    table = frame[columns].round(4).astype(object)
+    # k only means something for topk/batchtopk, the coefficient only for the others.
+    uses_k = table["architecture"].isin(K_ARCHITECTURES)
+    table.loc[~uses_k, "k"] = "-"
+    table.loc[uses_k, "sparsity_coefficient"] = "-"
     markdown = (
         f"# Sweep `{plan.sweep_id}`\n\nHarvest `{plan.harvest}`, hookpoint `{plan.hookpoint}`, "
         f"{plan.total_steps} steps x {plan.batch_size} tokens per SAE.\n\n{table.to_markdown(index=False)}\n\n"

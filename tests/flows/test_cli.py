@@ -129,11 +129,11 @@ def test_harvest_query_sweep_results(workspace, capsys):
     sweep.write_text(f"name: cli\nharvest: {harvest}\nhookpoint: {HOOKPOINT}\narchitectures: [topk]\nks: [4]\n"
                      f"expansion_factors: [2.0]\ntrain_tokens: {256 * 40}\nbatch_size: 256\nwarmup_steps: 5\n"
                      f"eval_contexts: 8\nsplice_contexts: 2\nshuffle_buffer: 1024\nwandb_mode: disabled\n")
-    # eval_contexts * context_length must cover one batch (4 * 32 < 256): a flow failure is one line, exit 1.
-    assert main(["sweep", str(sweep), "--set", f"root={workspace['root']}", "--set", "eval_contexts=4"]) == 1
+    # A hookpoint the harvest does not have fails inside the flow: one line, exit 1.
+    assert main(["sweep", str(sweep), "--set", f"root={workspace['root']}", "--set", "hookpoint=blocks.0.hook_mlp_out"]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]  # Prefect logs the traceback above; the CLI says one line
     assert err.startswith("saeflow sweep: failed: ")
-    assert "StreamSpecError" in err and "batch_size=256" in err
+    assert "SweepSpecError" in err and "was not harvested" in err
     assert main(["sweep", str(sweep), "--set", f"root={workspace['root']}", "--set", "lrs=[0.003]"]) == 0
     out = capsys.readouterr().out
     results = last_uri(out, "results")

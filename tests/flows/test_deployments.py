@@ -29,7 +29,7 @@ OFFLINE_ENV = {
     "PREFECT_WORKER_QUERY_SECONDS": "2",
     "PREFECT_WORKER_PREFETCH_SECONDS": "5",
 }
-EXPECTED = {"synthetic-demo": "synthetic-demo", "harvest": "harvest", "sweep": "sweep", "diff": "diff"}
+EXPECTED = {"synthetic-demo": "synthetic-demo", "saeflow-demo": "saeflow-demo", "harvest": "harvest", "sweep": "sweep", "diff": "diff"}
 RUN_TIMEOUT_S = 240
 
 
