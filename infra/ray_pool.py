@@ -10,6 +10,7 @@ from typing import Any
 
 import ray
 from ray.exceptions import RayActorError, RayTaskError
+from tqdm.auto import tqdm
 
 from infra.storage import storage_env
 
@@ -86,6 +87,8 @@ def run_pool(
         return remote_class.options(name=name, **options).remote(env, worker_class, worker_args, threads)
 
     workers = {slot: spawn(slot) for slot in range(num_workers)}
+    # Progress of long work (shards harvested, groups trained) on the driver's terminal/log.
+    progress = tqdm(total=len(items), desc=name_prefix, unit="item", mininterval=2.0, disable=None)
     queue, results, attempts = deque(items), {}, dict.fromkeys(items, 0)
     in_flight: dict[Any, tuple[int, int]] = {}
     try:
@@ -112,9 +115,11 @@ def run_pool(
             except RayTaskError as error:
                 # A bug or bad input inside the task: retrying elsewhere would fail the same way.
                 raise error.as_instanceof_cause() from None
+            progress.update(1)
             if on_result is not None:
                 on_result(item, results[item])
     finally:
+        progress.close()
         for worker in workers.values():
             ray.kill(worker, no_restart=True)
     return results
