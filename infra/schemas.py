@@ -120,18 +120,24 @@ def results_schema() -> pa.DataFrameSchema:
             "sparsity_coefficient": pa.Column(float, pa.Check.ge(0)),
             "lr": pa.Column(float, pa.Check.gt(0)),
             "seed": pa.Column("int64"),
-            "mse": pa.Column(float, pa.Check.ge(0)),
-            "explained_variance": pa.Column(float, pa.Check.le(1.0)),
-            "l0": pa.Column(float, pa.Check.ge(0)),
-            "dead_fraction": pa.Column(float, fraction),
-            "dense_fraction": pa.Column(float, fraction),
-            "l2_ratio": pa.Column(float, pa.Check.ge(0)),
-            "device_seconds": pa.Column(float, pa.Check.ge(0)),
-            "train_tokens": pa.Column("int64", pa.Check.gt(0)),
+            "status": pa.Column(str, pa.Check.isin(["finished", "failed"])),
+            # Metrics are empty (NaN) exactly for failed points; the frame-level check below says so.
+            "mse": pa.Column(float, pa.Check.ge(0), nullable=True, required=False),
+            "explained_variance": pa.Column(float, pa.Check.le(1.0), nullable=True, required=False),
+            "l0": pa.Column(float, pa.Check.ge(0), nullable=True, required=False),
+            "dead_fraction": pa.Column(float, fraction, nullable=True, required=False),
+            "dense_fraction": pa.Column(float, fraction, nullable=True, required=False),
+            "l2_ratio": pa.Column(float, pa.Check.ge(0), nullable=True, required=False),
+            "device_seconds": pa.Column(float, pa.Check.ge(0), nullable=True, required=False),
+            "train_tokens": pa.Column("Int64", pa.Check.gt(0), nullable=True, required=False),
             "sae_uri": pa.Column(str),
             "features_uri": pa.Column(str),
         },
         strict=False,  # splice metrics and extra reconstruction metrics ride along
+        checks=pa.Check(
+            lambda df: (df["status"] == "failed") | df.get("explained_variance", pd.Series(float("nan"), index=df.index)).notna(),
+            error="every finished point has metrics",
+        ),
         name="sweep results",
     )
 

@@ -26,7 +26,7 @@ from infra.splice_eval import splice_metrics
 from infra.storage import join, read_bytes, read_json, write_bytes_atomic
 from infra.sweep_grid import SweepPlan
 from infra.tokens import tokens_from_table
-from infra.training import METRICS_FILE, pick_device, train_group
+from infra.training import member_record, pick_device, train_group
 from sae_core import SparseCoder
 
 
@@ -91,24 +91,26 @@ RESULT_CONFIG_COLUMNS = ("architecture", "d_sae", "expansion_factor", "k", "spar
 
 
 def results_frame(plan: SweepPlan) -> pd.DataFrame:
-    """One row per grid point: config, metrics, compute cost and artifact URI."""
+    """One row per grid point: config, status, metrics (NaN for a failed point), compute cost, URIs."""
     rows = []
-    for point in plan.points:
-        metrics = read_json(join(point["sae_uri"], METRICS_FILE))
+    for member, point in zip(plan.members(), plan.points, strict=True):
+        record = member_record(member)
+        record.pop("history", None)
         config = point["sae_config"]
         rows.append(
             {
-                "sae_id": point["sae_id"],
+                **record,
                 **{key: config[key] for key in RESULT_CONFIG_COLUMNS},
                 "lr": point["train_config"]["lr"],
-                **metrics,
-                "sae_uri": point["sae_uri"],
                 "features_uri": point["features_uri"],
             }
         )
     frame = pd.DataFrame(rows)
-    for column in ("d_sae", "k", "seed", "steps", "train_tokens"):
+    for column in ("d_sae", "k", "seed"):
         frame[column] = frame[column].astype("int64")
+    for column in ("steps", "train_tokens"):
+        if column in frame:
+            frame[column] = frame[column].astype("Int64")  # nullable: failed points have none
     return frame
 
 

@@ -26,6 +26,8 @@ from sae_core.evaluate import FeatureStats, evaluate_sae
 log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.json"
+FAILED_FILE = "failed.json"
+"""Written instead of an export when training failed: {step, reason}. Delete it to retry the point."""
 
 
 @dataclass
@@ -49,8 +51,18 @@ def pick_device() -> torch.device:
 
 
 def is_finished(member: GroupMember) -> bool:
-    """Exported with metrics: nothing left to do for this member."""
+    """Exported with metrics, or recorded as failed: nothing left to do for this member."""
+    if exists(join(member.sae_uri, FAILED_FILE)):
+        return True
     return exists(join(member.sae_uri, CFG_FILE)) and exists(join(member.sae_uri, METRICS_FILE))
+
+
+def member_record(member: GroupMember) -> dict[str, Any]:
+    """{sae_id, sae_uri, status, metrics...} of a member that is finished or failed."""
+    failed_uri = join(member.sae_uri, FAILED_FILE)
+    if exists(failed_uri):
+        return {"sae_id": member.sae_id, "sae_uri": member.sae_uri, "status": "failed", **read_json(failed_uri)}
+    return {"sae_id": member.sae_id, "sae_uri": member.sae_uri, "status": "finished", **read_json(join(member.sae_uri, METRICS_FILE))}
 
 
 def feature_table(stats: FeatureStats) -> pa.Table:
@@ -118,6 +130,11 @@ def train_group(
                     save_training_state(trainer, member.checkpoint_uri, extra={"batches_consumed": consumed, "history": history})
     wall_seconds = time.perf_counter() - started
     for member, trainer, history in zip(pending, trainers, histories):
+        if trainer.failure is not None:
+            # Never exported: a diverged SAE's weights must not be mistaken for a result.
+            log.warning("%s failed: %s", member.sae_id, trainer.failure)
+            write_json_atomic(join(member.sae_uri, FAILED_FILE), {"failed_step": trainer.step, "reason": trainer.failure, "history": history})
+            continue
         metrics, stats = evaluate_sae(trainer.sae, eval_batches())
         if extra_eval is not None:
             metrics.update(extra_eval(trainer.sae))
@@ -131,4 +148,4 @@ def train_group(
             write_bytes_atomic(member.features_uri, sink.getvalue())
         write_json_atomic(join(member.sae_uri, HISTORY_FILE), history)
         write_json_atomic(join(member.sae_uri, METRICS_FILE), metrics)  # last: marks the member finished
-    return [{"sae_id": m.sae_id, "sae_uri": m.sae_uri, **read_json(join(m.sae_uri, METRICS_FILE))} for m in members]
+    return [member_record(m) for m in members]

@@ -31,6 +31,8 @@ class SaeTrainer:
         """Optimiser steps taken so far."""
         self.tokens_seen = 0
         """Training tokens consumed so far."""
+        self.failure: str | None = None
+        """Why training stopped early (a non-finite loss, with its step), or None."""
         self._device_seconds = 0.0
         self._pending_events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
 
@@ -53,8 +55,8 @@ class SaeTrainer:
 
     @property
     def done(self) -> bool:
-        """True once the planned number of steps has been taken."""
-        return self.step >= self.cfg.total_steps
+        """True once the planned number of steps has been taken, or training failed."""
+        return self.failure is not None or self.step >= self.cfg.total_steps
 
     @property
     def device(self) -> torch.device:
@@ -92,7 +94,7 @@ class SaeTrainer:
             out = sae(x_BD, sparsity_scale=sparsity_scale)
         if not torch.isfinite(out.loss):
             # Raise before the optimiser touches the weights, so the last checkpoint stays good.
-            terms = {name: float(term) for name, term in out.losses.items()}
+            terms = {name: float(term.detach()) for name, term in out.losses.items()}
             raise NonFiniteLossError(f"{sae.architecture} SAE: non-finite loss at step {self.step}: {terms}")
         out.loss.backward()
         if sae.unit_norm_decoder:
@@ -126,7 +128,8 @@ class StepReport:
 def fit_many(trainers: Sequence[SaeTrainer], batches: Iterable[Tensor]) -> Iterator[StepReport]:
     """Train several SAEs on ONE stream: each batch is read once and fed to every unfinished SAE.
 
-    Stops when every trainer has taken its planned steps or the stream ends. Resuming is the
+    Stops when every trainer has taken its planned steps (or failed: a non-finite loss sets
+    trainer.failure and drops it from the group) or the stream ends. Resuming is the
     caller's business on the data side: restore the trainers, then pass the stream from the
     batch after the last one they saw.
     """
@@ -143,5 +146,11 @@ def fit_many(trainers: Sequence[SaeTrainer], batches: Iterable[Tensor]) -> Itera
                 continue
             if trainer.device not in on_device:
                 on_device[trainer.device] = x_BD.to(trainer.device, non_blocking=True)
-            metrics.append(trainer.train_step(on_device[trainer.device]))
+            try:
+                metrics.append(trainer.train_step(on_device[trainer.device]))
+            except NonFiniteLossError as error:
+                # One diverging SAE must not stop the others sharing the stream: it is marked
+                # failed (weights left at the last finite step) and the rest train on.
+                trainer.failure = str(error)
+                metrics.append(None)
         yield StepReport(step=index, metrics=metrics)

@@ -15,7 +15,7 @@ from infra.storage import join, read_json, write_bytes_atomic
 from infra.sweep_grid import K_ARCHITECTURES, SweepPlan, group_points, memory_budget_bytes, plan_sweep
 from infra.sweep_run import read_results, run_groups, write_results
 from infra.tracking import log_grid_point
-from infra.training import HISTORY_FILE, is_finished
+from infra.training import HISTORY_FILE, is_finished, member_record
 from tasks.retry import STORAGE_RETRY, retry_unless_bad_input
 
 
@@ -67,7 +67,7 @@ def report_task(planned: dict[str, Any], results_uri: str) -> str:
     for name, png in sweep_plots(frame).items():
         plot_uris[name] = join(folder, "plots", name)
         write_bytes_atomic(plot_uris[name], png)
-    columns = [c for c in ("sae_id", "architecture", "d_sae", "k", "sparsity_coefficient", "lr", "l0", "explained_variance",
+    columns = [c for c in ("sae_id", "status", "architecture", "d_sae", "k", "sparsity_coefficient", "lr", "l0", "explained_variance",
                            "ce_loss_recovered", "kl_spliced", "ce_loss_recovered_random", "dead_fraction", "device_seconds") if c in frame]
     table = frame[columns].round(4).astype(object)
     # k only means something for topk/batchtopk, the coefficient only for the others.
@@ -92,7 +92,9 @@ def track_task(planned: dict[str, Any], project: str, mode: str | None) -> int:
     """One W&B run per grid point (config, loss curves, metrics); returns how many were logged."""
     plan = SweepPlan(**planned["plan"])
     logged = 0
-    for point in plan.points:
+    for point, member in zip(plan.points, plan.members(), strict=True):
+        if member_record(member)["status"] != "finished":
+            continue  # a failed point has no metrics to log; results.parquet records why
         history = read_json(join(point["sae_uri"], HISTORY_FILE))
         metrics = read_json(join(point["sae_uri"], "metrics.json"))
         config = {"sae": point["sae_config"], "train": point["train_config"], "hookpoint": plan.hookpoint, "harvest": plan.harvest}

@@ -68,3 +68,24 @@ def test_finished_members_are_not_retrained(tmp_path):
 
     again = train_group(members(str(tmp_path)), must_not_stream, eval_batches, checkpoint_every=10)
     assert again == first
+
+
+def test_a_failed_member_is_recorded_not_exported_and_the_rest_finish(tmp_path, monkeypatch):
+    import sae_core.trainer
+
+    group = members(str(tmp_path))
+    real_step = sae_core.trainer.SaeTrainer._step
+
+    def diverge_topk(self, x_BD):
+        if self.sae.architecture == "topk" and self.step == 15:
+            raise sae_core.trainer.NonFiniteLossError(f"topk SAE: non-finite loss at step {self.step}: {{'mse': inf}}")
+        return real_step(self, x_BD)
+
+    monkeypatch.setattr(sae_core.trainer.SaeTrainer, "_step", diverge_topk)
+    records = train_group(group, stream(), eval_batches, checkpoint_every=10)
+    failed, finished = records
+    assert failed["status"] == "failed" and failed["failed_step"] == 15 and "step 15" in failed["reason"]
+    assert not (tmp_path / "saes/m0/cfg.json").exists(), "a failed SAE is never exported"
+    assert finished["status"] == "finished" and finished["steps"] == STEPS
+    monkeypatch.undo()
+    assert train_group(group, stream(), eval_batches, checkpoint_every=10) == records, "failed points are not silently retried"
