@@ -30,7 +30,20 @@ class SaeOutput(NamedTuple):
     """Named, already weighted loss terms: mse, sparsity, aux, pre_act_std."""
 
 
-class SparseCoder(nn.Module):
+class FiringTracker:
+    """Dead-latent bookkeeping shared by SAEs and crosscoders (needs a `tokens_since_fired` buffer)."""
+
+    @torch.no_grad()
+    def _track_firing(self, acts_BF: Tensor) -> None:
+        fired_F = (acts_BF > 0).any(dim=0)
+        self.tokens_since_fired.add_(acts_BF.shape[0]).masked_fill_(fired_F, 0)
+
+    def dead_latents(self) -> Tensor:
+        """Boolean mask [d_sae] of latents silent for cfg.dead_after_tokens training tokens."""
+        return self.tokens_since_fired >= self.cfg.dead_after_tokens
+
+
+class SparseCoder(FiringTracker, nn.Module):
     """A sparse autoencoder; subclasses choose the activation function and sparsity loss."""
 
     architecture: ClassVar[str]
@@ -111,15 +124,6 @@ class SparseCoder(nn.Module):
         if self.training:
             self._track_firing(acts_BF)
         return SaeOutput(xs_hat_BD / self.input_scale, acts_BF, sum(losses.values()), losses)
-
-    @torch.no_grad()
-    def _track_firing(self, acts_BF: Tensor) -> None:
-        fired_F = (acts_BF > 0).any(dim=0)
-        self.tokens_since_fired.add_(acts_BF.shape[0]).masked_fill_(fired_F, 0)
-
-    def dead_latents(self) -> Tensor:
-        """Boolean mask [d_sae] of latents silent for cfg.dead_after_tokens training tokens."""
-        return self.tokens_since_fired >= self.cfg.dead_after_tokens
 
     @torch.no_grad()
     def apply_constraints(self) -> None:

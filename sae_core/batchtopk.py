@@ -15,6 +15,20 @@ from sae_core.base import SparseCoder
 from sae_core.config import SaeConfig
 
 
+@torch.no_grad()
+def update_batch_threshold_(threshold: Tensor, seen: Tensor, top_vals_N: Tensor, momentum: float) -> None:
+    """EMA of the smallest positive value kept by a batch top-k (first batch: taken as is), in place."""
+    positive_N = top_vals_N[top_vals_N > 0]
+    if positive_N.numel() == 0:
+        return
+    batch_min = positive_N.min().to(threshold.dtype)
+    if not bool(seen):
+        threshold.copy_(batch_min)
+        seen.fill_(True)
+    else:
+        threshold.lerp_(batch_min, momentum)
+
+
 class BatchTopKSae(SparseCoder):
     """Batch-level top-k in training, thresholded ReLU at inference."""
 
@@ -38,17 +52,8 @@ class BatchTopKSae(SparseCoder):
         self._update_threshold(top_vals_N)
         return acts_BF, pre_BF
 
-    @torch.no_grad()
     def _update_threshold(self, top_vals_N: Tensor) -> None:
-        positive_N = top_vals_N[top_vals_N > 0]
-        if positive_N.numel() == 0:
-            return
-        batch_min = positive_N.min().to(self.threshold.dtype)
-        if not bool(self.threshold_seen):
-            self.threshold.copy_(batch_min)
-            self.threshold_seen.fill_(True)
-        else:
-            self.threshold.lerp_(batch_min, self.cfg.batchtopk_threshold_momentum)
+        update_batch_threshold_(self.threshold, self.threshold_seen, top_vals_N, self.cfg.batchtopk_threshold_momentum)
 
     def sparsity_losses(self, xs_BD: Tensor, pre_BF: Tensor, acts_BF: Tensor, xs_hat_BD: Tensor) -> dict[str, Tensor]:
         """AuxK on dead latents."""

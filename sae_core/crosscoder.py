@@ -19,12 +19,13 @@ import torch
 from torch import Tensor, nn
 
 from sae_core.auxk import aux_k_loss
-from sae_core.base import SaeOutput
+from sae_core.base import FiringTracker, SaeOutput
+from sae_core.batchtopk import update_batch_threshold_
 from sae_core.crosscoder_config import CrosscoderConfig
 from sae_core.geometry import geometric_median, input_scale_for, random_directions
 
 
-class Crosscoder(nn.Module):
+class Crosscoder(FiringTracker, nn.Module):
     """Shared latent space over M sources; subclasses choose the activation and sparsity loss."""
 
     architecture: ClassVar[str]
@@ -126,15 +127,6 @@ class Crosscoder(nn.Module):
         return SaeOutput(xs_hat_BMD / self.input_scale[:, None], acts_BF, sum(losses.values()), losses)
 
     @torch.no_grad()
-    def _track_firing(self, acts_BF: Tensor) -> None:
-        fired_F = (acts_BF > 0).any(dim=0)
-        self.tokens_since_fired.add_(acts_BF.shape[0]).masked_fill_(fired_F, 0)
-
-    def dead_latents(self) -> Tensor:
-        """Boolean mask [d_sae] of latents silent for cfg.dead_after_tokens training tokens."""
-        return self.tokens_since_fired >= self.cfg.dead_after_tokens
-
-    @torch.no_grad()
     def apply_constraints(self) -> None:
         """No constraint: both variants weight sparsity by decoder norms, so norms stay free."""
 
@@ -197,17 +189,8 @@ class BatchTopKCrosscoder(Crosscoder):
         self._update_threshold(top_scores_N)
         return relu_BF * keep_BF, pre_BF
 
-    @torch.no_grad()
     def _update_threshold(self, top_scores_N: Tensor) -> None:
-        positive_N = top_scores_N[top_scores_N > 0]
-        if positive_N.numel() == 0:
-            return
-        batch_min = positive_N.min().to(self.threshold.dtype)
-        if not bool(self.threshold_seen):
-            self.threshold.copy_(batch_min)
-            self.threshold_seen.fill_(True)
-        else:
-            self.threshold.lerp_(batch_min, self.cfg.batchtopk_threshold_momentum)
+        update_batch_threshold_(self.threshold, self.threshold_seen, top_scores_N, self.cfg.batchtopk_threshold_momentum)
 
     def sparsity_losses(self, xs_BMD: Tensor, pre_BF: Tensor, acts_BF: Tensor, xs_hat_BMD: Tensor) -> dict[str, Tensor]:
         """AuxK on dead latents, against the residual of all sources concatenated."""
