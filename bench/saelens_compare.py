@@ -21,8 +21,7 @@ from sae_lens import SAETrainer, StandardTrainingSAE, StandardTrainingSAEConfig,
 from sae_lens.config import LoggingConfig, SAETrainerConfig
 
 from infra.activation_store import activations_numpy, open_activations
-from infra.harvest import ShardHarvester
-from infra.harvest_plan import commit_harvest, plan_harvest
+from infra.harvest_plan import harvest_in_process, plan_harvest
 from infra.models import PACKAGED_SMOLLM2
 from infra.tokens import BUILTIN_PYDOC, TokenSpec
 from sae_core import SaeConfig, SaeTrainer, TrainConfig, build_sae, fit_many
@@ -35,10 +34,7 @@ def harvested_activations(num_tokens: int) -> torch.Tensor:
     """[tokens, 576] float32 activations (BOS rows dropped) from a fresh saeflow harvest."""
     spec = TokenSpec(source=BUILTIN_PYDOC, tokenizer=PACKAGED_SMOLLM2, context_length=128, num_tokens=num_tokens)
     job = plan_harvest(PACKAGED_SMOLLM2, [HOOKPOINT], spec, tempfile.mkdtemp(prefix="bench-cmp-"), dtype="float32")
-    harvester = ShardHarvester(job)
-    for index in range(job.num_shards):
-        harvester.harvest(index)
-    commit_harvest(job)
+    harvest_in_process(job)
     table = open_activations(job.harvest, HOOKPOINT).to_table()
     keep = ~table.column("special").to_numpy(zero_copy_only=False)
     return torch.from_numpy(activations_numpy(table)[keep].copy())

@@ -113,6 +113,16 @@ def run_harvest(job: HarvestJob, num_actors: int = 1, ray_address: str | None = 
     return {"manifest": manifest_uri, "harvested_shards": len(todo), "cached": False, "seconds": time.perf_counter() - started}
 
 
+def harvest_in_process(job: HarvestJob, device: str | None = None) -> str:
+    """Harvest every missing shard in this process (no Ray), then commit; returns the manifest URI."""
+    todo = missing_shards(job)
+    if todo:
+        harvester = ShardHarvester(job, device=device)
+        for index in todo:
+            harvester.harvest(index)
+    return commit_harvest(job)
+
+
 def commit_harvest(job: HarvestJob) -> str:
     """Aggregate the shard markers into the manifest (written last)."""
     records = [read_marker(job.harvest, i) for i in range(job.num_shards)]

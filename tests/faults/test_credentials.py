@@ -10,8 +10,7 @@ import pytest
 import torch
 
 from infra.activation_store import read_manifest
-from infra.harvest import ShardHarvester
-from infra.harvest_plan import commit_harvest, plan_harvest
+from infra.harvest_plan import harvest_in_process, plan_harvest
 from infra.schemas import validate_harvest
 from infra.storage import filesystem, read_bytes
 from infra.tokens import BUILTIN_PYDOC, TokenSpec
@@ -61,10 +60,7 @@ def test_no_credentials_in_objects_or_logs(s3_env, tmp_path, captured_logs, caps
     spec = TokenSpec(source=BUILTIN_PYDOC, tokenizer=str(model), context_length=16, num_tokens=8 * 16)
     job = plan_harvest(str(model), ["blocks.1.hook_resid_post"], spec, root, dtype="float16",
                        contexts_per_shard=4, batch_contexts=4)
-    harvester = ShardHarvester(job, device="cpu")
-    for index in range(job.num_shards):
-        harvester.harvest(index)
-    commit_harvest(job)
+    harvest_in_process(job, device="cpu")
     validate_harvest(job.harvest, read_manifest(job.harvest))
 
     truth = SyntheticFeatures(d=16, num_features=32, firing_probability=0.1, seed=3)

@@ -9,8 +9,7 @@ import pytest
 
 import tasks.sweep
 from flows.sweep import SweepSpec, sweep
-from infra.harvest import ShardHarvester
-from infra.harvest_plan import commit_harvest, plan_harvest
+from infra.harvest_plan import harvest_in_process, plan_harvest
 from infra.sae_store import load_sae
 from infra.sweep_grid import SweepSpecError
 from infra.sweep_run import read_results
@@ -28,10 +27,7 @@ def stored_harvest(tmp_path_factory) -> tuple[str, Path]:
     model = build_tiny_model("gpt2", base / "gpt2")
     spec = TokenSpec(source=BUILTIN_PYDOC, tokenizer=str(model), context_length=32, num_tokens=32 * 80)
     job = plan_harvest(str(model), [HOOKPOINT], spec, str(base / "root"), dtype="float32", contexts_per_shard=16)
-    harvester = ShardHarvester(job, device="cpu")
-    for index in range(job.num_shards):
-        harvester.harvest(index)
-    commit_harvest(job)
+    harvest_in_process(job, device="cpu")
     return job.harvest, base / "root"
 
 

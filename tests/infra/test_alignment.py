@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from infra.alignment import AlignmentError, check_aligned
-from infra.harvest import ShardHarvester
-from infra.harvest_plan import commit_harvest, plan_harvest
+from infra.harvest_plan import harvest_in_process, plan_harvest
 from infra.tokens import BUILTIN_PYDOC, TokenSpec
 from tests.infra.tiny_models import build_tiny_model
 
@@ -22,10 +21,7 @@ def models(tmp_path_factory):
 def harvest(model, root, tokenizer, seed=0):
     spec = TokenSpec(source=BUILTIN_PYDOC, tokenizer=str(tokenizer), context_length=16, num_tokens=16 * 8, seed=seed)
     job = plan_harvest(str(model), [HOOKPOINT], spec, str(root), contexts_per_shard=4)
-    harvester = ShardHarvester(job, device="cpu")
-    for index in range(job.num_shards):
-        harvester.harvest(index)
-    commit_harvest(job)
+    harvest_in_process(job, device="cpu")
     return job.harvest
 
 

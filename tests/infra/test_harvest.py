@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from infra.activation_store import activations_numpy, open_activations, read_manifest, read_tokens_table
 from infra.harvest import ShardHarvester
-from infra.harvest_plan import HarvestSpecError, commit_harvest, plan_harvest, run_harvest
+from infra.harvest_plan import HarvestSpecError, harvest_in_process, plan_harvest, run_harvest
 from infra.hookpoints import HookpointError
 from infra.models import load_model
 from infra.schemas import validate_harvest
@@ -38,17 +38,10 @@ def plan(model_dir: Path, root: str, hookpoints=HOOKPOINTS, context=CONTEXT, dty
     return plan_harvest(str(model_dir), hookpoints, spec, root, dtype=dtype, contexts_per_shard=PER_SHARD, batch_contexts=3)
 
 
-def harvest_in_process(job) -> None:
-    harvester = ShardHarvester(job, device="cpu")
-    for index in range(job.num_shards):
-        harvester.harvest(index)
-    commit_harvest(job)
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 def test_stored_activations_equal_the_models_own(models, family, tmp_path):
     job = plan(models[family], str(tmp_path))
-    harvest_in_process(job)
+    harvest_in_process(job, device="cpu")
     manifest = read_manifest(job.harvest)
     assert validate_harvest(job.harvest, manifest)["rows"] == CONTEXTS * CONTEXT
     tokens = tokens_from_table(read_tokens_table(job.harvest))
@@ -114,7 +107,7 @@ def test_actor_killed_mid_run_still_yields_every_shard_once(models, tmp_path, ra
 def test_round_trip_through_real_s3(models, s3_env):
     root = s3_env.uri(f"harvest-{time.time_ns()}")
     job = plan(models["gpt_neox"], root, hookpoints=["blocks.1.hook_resid_post"])
-    harvest_in_process(job)
+    harvest_in_process(job, device="cpu")
     validate_harvest(job.harvest, read_manifest(job.harvest))
     table = open_activations(job.harvest).to_table(filter=(ds.field("seq_id") == 3) & (ds.field("pos") >= 1))
     assert table.num_rows == CONTEXT - 1
