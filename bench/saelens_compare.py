@@ -1,37 +1,47 @@
 """SAE training throughput and quality: saeflow vs SAELens on the same activations, same device.
 
 Activations: a saeflow harvest of the packaged SmolLM2-135M (d_in 576, blocks.6.hook_resid_post,
-Python's pydoc text), loaded once into memory so both trainers see the SAME batches in the SAME
-order. Architectures: TopK k=32 at 8x and ReLU/L1 at 8x, lr 3e-4, no input normalisation on
-either side (identical inputs), same token budget. Reported: tokens/s, held-out explained
-variance and L0, and the ratio saeflow / SAELens (issue goal: >= 1.5x at equal or better quality).
-Run: `.venv/bin/python -m bench.saelens_compare [--tokens N] [--batch B]`.
+Python's pydoc text), saved once so every run sees the SAME batches in the SAME order.
+Cases: TopK k=32 at 8x and 32x, ReLU/L1 at 8x; lr 3e-4 constant, Adam (0.9, 0.999), gradient
+norm clipped to 1 (SAELens always clips), no input normalisation on either side, same token
+budget; each in fp32 and with bf16 autocast (both libraries have the option).
+
+Every run is its own subprocess, the libraries alternating, so neither inherits the other's
+warm caches or allocator state; saeflow's run configures the allocator as its training workers
+do (infra.allocator). A third column runs SAELens with that same allocator setting, to show
+how much of the ratio is the allocator and how much the sparse kernels.
+
+Reported: tokens/s, held-out explained variance and L0, ratio saeflow / SAELens (issue goal:
+>= 1.5x at equal or better quality).
+Run: `.venv/bin/python -m bench.saelens_compare [--tokens N] [--steps S] [--batch B] [--cases ...]`.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import platform
 import tempfile
 import time
 from datetime import date
+from pathlib import Path
 
 import torch
-from sae_lens import SAETrainer, StandardTrainingSAE, StandardTrainingSAEConfig, TopKTrainingSAE, TopKTrainingSAEConfig
-from sae_lens.config import LoggingConfig, SAETrainerConfig
-
-from infra.activation_store import activations_numpy, open_activations
-from infra.harvest_plan import harvest_in_process, plan_harvest
-from infra.models import PACKAGED_SMOLLM2
-from infra.tokens import BUILTIN_PYDOC, TokenSpec
-from sae_core import SaeConfig, SaeTrainer, TrainConfig, build_sae, fit_many
-from sae_core.metrics import explained_variance, l0_norm
 
 HOOKPOINT = "blocks.6.hook_resid_post"
+D_IN = 576
+LR = 3e-4
+CASES = {"topk-8x": ("topk", 8), "topk-32x": ("topk", 32), "relu-8x": ("relu", 8)}
+L1_COEFFICIENT = 5.0
 
 
 def harvested_activations(num_tokens: int) -> torch.Tensor:
     """[tokens, 576] float32 activations (BOS rows dropped) from a fresh saeflow harvest."""
+    from infra.activation_store import activations_numpy, open_activations
+    from infra.harvest_plan import harvest_in_process, plan_harvest
+    from infra.models import PACKAGED_SMOLLM2
+    from infra.tokens import BUILTIN_PYDOC, TokenSpec
+
     spec = TokenSpec(source=BUILTIN_PYDOC, tokenizer=PACKAGED_SMOLLM2, context_length=128, num_tokens=num_tokens)
     job = plan_harvest(PACKAGED_SMOLLM2, [HOOKPOINT], spec, tempfile.mkdtemp(prefix="bench-cmp-"), dtype="float32")
     harvest_in_process(job)
@@ -41,60 +51,98 @@ def harvested_activations(num_tokens: int) -> torch.Tensor:
 
 
 def batches(x_ND: torch.Tensor, batch: int, steps: int):
-    """The same deterministic batch sequence for both libraries."""
-    order = torch.randperm(len(x_ND), generator=torch.Generator().manual_seed(0))
+    """The same deterministic batch sequence for both libraries (epochs reshuffled by seed)."""
+    per_epoch = len(x_ND) // batch
     for step in range(steps):
-        start = (step * batch) % (len(order) - batch)
-        yield x_ND[order[start : start + batch]]
+        epoch, index = divmod(step, per_epoch)
+        order = torch.randperm(len(x_ND), generator=torch.Generator().manual_seed(epoch))
+        yield x_ND[order[index * batch : (index + 1) * batch]]
 
 
-def run_saeflow(config: SaeConfig, x_ND: torch.Tensor, batch: int, steps: int) -> tuple[float, torch.nn.Module]:
-    trainer = SaeTrainer(build_sae(config), TrainConfig(total_steps=steps, lr=3e-4, decay_fraction=0.0, max_grad_norm=None))
+def train_saeflow(architecture: str, expansion: int, x_ND, batch: int, steps: int, bf16: bool):
+    from infra.allocator import keep_freed_memory
+    from sae_core import SaeConfig, SaeTrainer, TrainConfig, build_sae, fit_many
+
+    keep_freed_memory()
+    config = SaeConfig(architecture, d_in=D_IN, expansion_factor=expansion, k=32, sparsity_coefficient=L1_COEFFICIENT,
+                       sparsity_warmup_fraction=0.0, normalize_activations=False, b_dec_init="zeros")
+    trainer = SaeTrainer(build_sae(config), TrainConfig(total_steps=steps, lr=LR, decay_fraction=0.0, max_grad_norm=1.0,
+                                                        autocast_bf16="always" if bf16 else "never"))
     started = time.perf_counter()
     for _ in fit_many([trainer], batches(x_ND, batch, steps)):
         pass
     return time.perf_counter() - started, trainer.sae.eval()
 
 
-def run_saelens(sae: torch.nn.Module, x_ND: torch.Tensor, batch: int, steps: int) -> tuple[float, torch.nn.Module]:
-    cfg = SAETrainerConfig(total_training_samples=batch * steps, train_batch_size_samples=batch, lr=3e-4, lr_end=3e-4,
-                           logger=LoggingConfig(log_to_wandb=False))
+def train_saelens(architecture: str, expansion: int, x_ND, batch: int, steps: int, bf16: bool, allocator: bool):
+    from sae_lens import SAETrainer, StandardTrainingSAE, StandardTrainingSAEConfig, TopKTrainingSAE, TopKTrainingSAEConfig
+    from sae_lens.config import LoggingConfig, SAETrainerConfig
+
+    if allocator:
+        from infra.allocator import keep_freed_memory
+
+        keep_freed_memory()
+    d_sae = D_IN * expansion
+    if architecture == "topk":
+        sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=D_IN, d_sae=d_sae, k=32))
+    else:
+        sae = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=D_IN, d_sae=d_sae, l1_coefficient=L1_COEFFICIENT))
+    cfg = SAETrainerConfig(total_training_samples=batch * steps, train_batch_size_samples=batch, lr=LR, lr_end=LR,
+                           autocast=bf16, logger=LoggingConfig(log_to_wandb=False))
     trainer = SAETrainer(cfg=cfg, sae=sae, data_provider=batches(x_ND, batch, steps + 1))
     started = time.perf_counter()
     trainer.fit()
     return time.perf_counter() - started, sae.eval()
 
 
-@torch.no_grad()
-def quality(encode, decode, x_ND: torch.Tensor) -> tuple[float, float]:
-    acts_NF = encode(x_ND)
-    return float(explained_variance(x_ND, decode(acts_NF))), float(l0_norm(acts_NF))
+def run_one(library: str, case: str, data_path: str, batch: int, steps: int, bf16: bool) -> dict:
+    """Train one SAE in this (sub)process; return seconds, held-out EV and L0."""
+    from sae_core.metrics import explained_variance, l0_norm
+
+    torch.manual_seed(0)
+    data = torch.load(data_path)
+    architecture, expansion = CASES[case]
+    if library == "saeflow":
+        seconds, sae = train_saeflow(architecture, expansion, data["train"], batch, steps, bf16)
+    else:
+        seconds, sae = train_saelens(architecture, expansion, data["train"], batch, steps, bf16, library == "saelens+alloc")
+    with torch.no_grad():
+        acts_NF = sae.encode(data["held_out"])
+        ev = float(explained_variance(data["held_out"], sae.decode(acts_NF)))
+    return {"tok_s": batch * steps / seconds, "ev": ev, "l0": float(l0_norm(acts_NF))}
+
+
+def in_subprocess(*args) -> dict:
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(run_one, args)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tokens", type=int, default=16_384, help="tokens harvested")
+    parser.add_argument("--tokens", type=int, default=65_536, help="tokens harvested")
+    parser.add_argument("--held-out", type=int, default=4096)
     parser.add_argument("--batch", type=int, default=1024)
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    parser.add_argument("--libraries", nargs="+", default=["saeflow", "saelens", "saelens+alloc"])
     args = parser.parse_args()
     x_ND = harvested_activations(args.tokens)
-    held_out_ND, train_ND = x_ND[:2048], x_ND[2048:]
-    print(f"# {date.today()} {platform.node()} torch {torch.__version__} threads {torch.get_num_threads()}")
-    print(f"# {len(train_ND)} train rows, {len(held_out_ND)} held out, {args.steps} steps x {args.batch} tokens, d_in 576, 8x")
-    cases = {
-        "topk k=32 8x": (SaeConfig("topk", d_in=576, expansion_factor=8, k=32, normalize_activations=False, b_dec_init="zeros"),
-                         lambda: TopKTrainingSAE(TopKTrainingSAEConfig(d_in=576, d_sae=4608, k=32))),
-        "relu 8x": (SaeConfig("relu", d_in=576, expansion_factor=8, sparsity_coefficient=5.0, normalize_activations=False, b_dec_init="zeros"),
-                    lambda: StandardTrainingSAE(StandardTrainingSAEConfig(d_in=576, d_sae=4608, l1_coefficient=5.0))),
-    }
-    for name, (ours_cfg, theirs_factory) in cases.items():
-        ours_s, ours = run_saeflow(ours_cfg, train_ND, args.batch, args.steps)
-        theirs_s, theirs = run_saelens(theirs_factory(), train_ND, args.batch, args.steps)
-        tokens = args.batch * args.steps
-        ours_ev, ours_l0 = quality(ours.encode, ours.decode, held_out_ND)
-        theirs_ev, theirs_l0 = quality(theirs.encode, theirs.decode, held_out_ND)
-        print(f"{name:<14} saeflow {tokens / ours_s:7.0f} tok/s EV {ours_ev:.3f} L0 {ours_l0:6.1f} | "
-              f"SAELens {tokens / theirs_s:7.0f} tok/s EV {theirs_ev:.3f} L0 {theirs_l0:6.1f} | speed ratio {theirs_s / ours_s:.2f}x")
+    data_path = str(Path(tempfile.mkdtemp(prefix="bench-cmp-")) / "activations.pt")
+    torch.save({"held_out": x_ND[: args.held_out].clone(), "train": x_ND[args.held_out :].clone()}, data_path)
+    print(f"# {date.today()} {platform.node()} {platform.processor() or platform.machine()} torch {torch.__version__} "
+          f"threads {torch.get_num_threads()}")
+    print(f"# {len(x_ND) - args.held_out} train rows, {args.held_out} held out, {args.steps} steps x {args.batch} tokens, "
+          f"d_in {D_IN}")
+    print("| case | precision | " + " | ".join(args.libraries) + " | ratio saeflow / SAELens |")
+    print("|---" * (len(args.libraries) + 3) + "|")
+    for case in args.cases:
+        for precision in args.precisions:
+            results = {lib: in_subprocess(lib, case, data_path, args.batch, args.steps, precision == "bf16")
+                       for lib in args.libraries}
+            cells = [f"{r['tok_s']:,.0f} tok/s, EV {r['ev']:.3f}, L0 {r['l0']:.0f}" for r in results.values()]
+            ratio = results["saeflow"]["tok_s"] / results["saelens"]["tok_s"] if "saelens" in results else float("nan")
+            print(f"| {case} | {precision} | " + " | ".join(cells) + f" | **{ratio:.2f}x** |", flush=True)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from sae_core.config import SaeConfig
 from sae_core.geometry import geometric_median, input_scale_for, normalize_rows_, random_directions
+from sae_core.sparse_ops import Active, PreActivations, decode_active
 
 
 class SaeOutput(NamedTuple):
@@ -49,6 +50,11 @@ class SparseCoder(FiringTracker, nn.Module):
     architecture: ClassVar[str]
     unit_norm_decoder: ClassVar[bool] = True
     """Decoder rows are kept at unit norm (False where norms enter the sparsity penalty)."""
+    has_sparse_path: ClassVar[bool] = False
+    """The architecture implements active_latents / active_losses (see sae_core.sparse_ops)."""
+    use_sparse_kernels: bool = True
+    """Train through the sparse path where there is one; False forces the plain dense products
+    (same result up to float summation order; the equality tests compare the two)."""
 
     def __init__(self, cfg: SaeConfig) -> None:
         super().__init__()
@@ -111,16 +117,50 @@ class SparseCoder(FiringTracker, nn.Module):
         """Reconstruction in model units from latent activations."""
         return self.decode_scaled(acts_BF) / self.input_scale
 
+    def activate(self, pre_BF: Tensor) -> Tensor:
+        """Activations from pre-activations (architectures with a sparse path implement it)."""
+        raise NotImplementedError
+
+    def active_latents(self, pre: PreActivations) -> Active | None:
+        """Sparse-path twin of latents(): the active entries, values differentiable; None
+        when too many are active for the sparse kernels to pay (activate() is used then)."""
+        raise NotImplementedError
+
+    def active_losses(self, xs_BD: Tensor, pre: PreActivations, active: Active, xs_hat_BD: Tensor) -> dict[str, Tensor]:
+        """Sparse-path twin of sparsity_losses()."""
+        raise NotImplementedError
+
     def forward(self, x_BD: Tensor, sparsity_scale: float = 1.0) -> SaeOutput:
-        """Reconstruct x and compute the loss; sparsity_scale ramps the sparsity weight in training."""
+        """Reconstruct x and compute the loss; sparsity_scale ramps the sparsity weight in training.
+
+        In training, architectures with a sparse path run it: the encoder product once, then
+        only the active latents (acts_BF in the output is then detached, for bookkeeping).
+        """
         xs_BD = self.scale_inputs(x_BD)
-        acts_BF, pre_BF = self.latents(xs_BD)
-        xs_hat_BD = self.decode_scaled(acts_BF)
+        if self.training and self.use_sparse_kernels and self.has_sparse_path:
+            pre = PreActivations(xs_BD, self.b_dec, self.W_enc, self.b_enc)
+            active = self.active_latents(pre)
+            differentiable_pre = pre.dense
+            if active is None:  # too many active latents: dense products, still one encoder pass
+                pre_BF = pre.dense()
+                acts_BF = self.activate(pre_BF)
+                xs_hat_BD = self.decode_scaled(acts_BF)
+                terms = self.sparsity_losses(xs_BD, pre_BF, acts_BF, xs_hat_BD)
+                differentiable_pre = lambda: pre_BF  # noqa: E731
+            else:
+                xs_hat_BD = decode_active(active, self.W_dec) + self.b_dec
+                acts_BF = active.to_dense()
+                terms = self.active_losses(xs_BD, pre, active, xs_hat_BD)
+        else:
+            acts_BF, pre_BF = self.latents(xs_BD)
+            xs_hat_BD = self.decode_scaled(acts_BF)
+            terms = self.sparsity_losses(xs_BD, pre_BF, acts_BF, xs_hat_BD)
+            differentiable_pre = lambda: pre_BF  # noqa: E731
         losses = {"mse": (xs_hat_BD - xs_BD).pow(2).sum(dim=-1).mean()}
-        for name, term in self.sparsity_losses(xs_BD, pre_BF, acts_BF, xs_hat_BD).items():
+        for name, term in terms.items():
             losses[name] = term * sparsity_scale if name == "sparsity" else term
         if self.cfg.pre_act_std_coefficient > 0:
-            losses["pre_act_std"] = self.cfg.pre_act_std_coefficient * pre_BF.mean(dim=0).std()
+            losses["pre_act_std"] = self.cfg.pre_act_std_coefficient * differentiable_pre().mean(dim=0).std()
         if self.training:
             self._track_firing(acts_BF)
         return SaeOutput(xs_hat_BD / self.input_scale, acts_BF, sum(losses.values()), losses)

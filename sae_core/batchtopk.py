@@ -10,9 +10,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from sae_core.auxk import aux_k_loss
+from sae_core.auxk import aux_k_loss, aux_k_loss_sparse
 from sae_core.base import SparseCoder
 from sae_core.config import SaeConfig
+from sae_core.sparse_ops import Active, PreActivations
 
 
 @torch.no_grad()
@@ -33,6 +34,7 @@ class BatchTopKSae(SparseCoder):
     """Batch-level top-k in training, thresholded ReLU at inference."""
 
     architecture = "batchtopk"
+    has_sparse_path = True
 
     def __init__(self, cfg: SaeConfig) -> None:
         super().__init__(cfg)
@@ -58,4 +60,16 @@ class BatchTopKSae(SparseCoder):
     def sparsity_losses(self, xs_BD: Tensor, pre_BF: Tensor, acts_BF: Tensor, xs_hat_BD: Tensor) -> dict[str, Tensor]:
         """AuxK on dead latents."""
         aux = aux_k_loss(xs_BD - xs_hat_BD, pre_BF, self.dead_latents(), self.W_dec, self.cfg.aux_k)
+        return {"aux": self.cfg.aux_k_coefficient * aux}
+
+    def active_latents(self, pre: PreActivations) -> Active:
+        """The batch's B*k largest ReLU'd pre-activations, by flat index."""
+        flat_N = pre.pre_BF.relu().flatten()
+        top_vals_N, top_idx_N = flat_N.topk(min(self.cfg.k * pre.pre_BF.shape[0], flat_N.numel()), sorted=False)
+        self._update_threshold(top_vals_N)
+        return Active.from_flat(top_idx_N, pre)
+
+    def active_losses(self, xs_BD: Tensor, pre: PreActivations, active: Active, xs_hat_BD: Tensor) -> dict[str, Tensor]:
+        """AuxK on dead latents, decoded from their indices too."""
+        aux = aux_k_loss_sparse(xs_BD - xs_hat_BD, pre, self.dead_latents(), self.W_dec, self.cfg.aux_k)
         return {"aux": self.cfg.aux_k_coefficient * aux}

@@ -13,6 +13,7 @@ from typing import Any
 ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu", "gated")
 B_DEC_INITS = ("zeros", "mean", "geometric_median")
 OPTIMIZERS = ("adam", "muon")
+AUTOCAST_MODES = ("cuda", "always", "never")
 
 
 class ConfigError(ValueError):
@@ -160,6 +161,11 @@ class TrainConfig:
     max_grad_norm: float | None = 1.0
     """Clip the global gradient norm to this value; None disables clipping."""
 
+    autocast_bf16: str = "cuda"
+    """Where the forward runs its products in bfloat16 (parameters and optimiser state stay fp32):
+    "cuda" (on CUDA devices), "always" (on CPUs too: worth it where they have bf16 matrix
+    instructions, AVX512-BF16 or AMX) or "never"."""
+
     def __post_init__(self) -> None:
         name = type(self).__name__
         if not isinstance(self.total_steps, int) or self.total_steps < 1:
@@ -175,6 +181,8 @@ class TrainConfig:
         self.adam_betas = tuple(self.adam_betas)  # JSON round trips give lists
         if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
             _reject(name, "adam_betas", self.adam_betas, "two numbers in [0, 1)")
+        if self.autocast_bf16 not in AUTOCAST_MODES:
+            _reject(name, "autocast_bf16", self.autocast_bf16, f"one of {', '.join(AUTOCAST_MODES)}")
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
             _reject(name, "max_grad_norm", self.max_grad_norm, "a number > 0 or None")
 

@@ -89,8 +89,9 @@ class SaeTrainer:
             for group in optimizer.param_groups:
                 group["lr"] = lr
         sparsity_scale = sparsity_scale_at(self.step, sae.cfg, self.cfg)
-        # bf16 autocast on CUDA: matmuls in bf16, parameters and optimiser state in fp32.
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=x_BD.is_cuda):
+        # bf16 autocast: matmuls in bf16, parameters and optimiser state in fp32.
+        autocast = self.cfg.autocast_bf16 == "always" or (self.cfg.autocast_bf16 == "cuda" and x_BD.is_cuda)
+        with torch.autocast(x_BD.device.type, dtype=torch.bfloat16, enabled=autocast):
             out = sae(x_BD, sparsity_scale=sparsity_scale)
         if not torch.isfinite(out.loss):
             # Raise before the optimiser touches the weights, so the last checkpoint stays good.

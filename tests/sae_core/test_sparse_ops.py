@@ -1,0 +1,113 @@
+"""The sparse training path computes what the plain dense path computes (sae_core.sparse_ops)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sae_core import SaeTrainer, TrainConfig, fit_many, sparse_ops
+from sae_core.sparse_ops import Active, PreActivations, decode_active
+from tests.sae_core.helpers import D_IN, D_SAE, activation_batch, make_sae
+
+SPARSE_ARCHITECTURES = ("topk", "batchtopk", "relu")
+
+
+@pytest.fixture(params=["sparse", "dense"])
+def kernel(request, monkeypatch):
+    """Run a test once with every product on the sparse kernels, once with the dense fallback."""
+    monkeypatch.setattr(sparse_ops, "SPARSE_MAX_DENSITY", 1.0 if request.param == "sparse" else 0.0)
+    return request.param
+
+
+def double_inputs(batch: int = 6, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    tensors = [torch.randn(batch, 5, generator=generator), torch.randn(5, generator=generator),
+               torch.randn(5, 7, generator=generator), torch.randn(7, generator=generator)]
+    return [t.double().requires_grad_() for t in tensors]
+
+
+def test_encode_entries_gradcheck(kernel):
+    rows_N = torch.tensor([0, 0, 1, 3, 3, 5])
+    cols_N = torch.tensor([1, 6, 0, 2, 3, 6])
+
+    def entries(xs_BD, b_dec_D, W_enc_DF, b_enc_F):
+        return PreActivations(xs_BD, b_dec_D, W_enc_DF, b_enc_F).at(rows_N, cols_N)
+
+    assert torch.autograd.gradcheck(entries, double_inputs())
+
+
+def test_dense_encode_gradcheck():
+    assert torch.autograd.gradcheck(lambda *inputs: PreActivations(*inputs).dense(), double_inputs())
+
+
+def test_decode_active_gradcheck(kernel):
+    generator = torch.Generator().manual_seed(1)
+    rows_N = torch.tensor([0, 0, 2, 2, 2, 3])  # row 1 has no active latent: an empty bag
+    cols_N = torch.tensor([4, 1, 0, 5, 6, 2])
+    vals_N = torch.rand(6, generator=generator, dtype=torch.double, requires_grad=True)
+    W_dec_FD = torch.randn(7, 5, generator=generator, dtype=torch.double, requires_grad=True)
+
+    def decoded(vals_N, W_dec_FD):
+        return decode_active(Active(rows_N, cols_N, vals_N, 4, 7), W_dec_FD)
+
+    assert torch.autograd.gradcheck(decoded, (vals_N, W_dec_FD))
+    expected_BD = torch.zeros(4, 7, dtype=torch.double).index_put((rows_N, cols_N), vals_N) @ W_dec_FD
+    assert torch.allclose(decoded(vals_N, W_dec_FD), expected_BD)
+
+
+def loss_and_grads(sae, x_BD: torch.Tensor, sparse: bool):
+    sae.use_sparse_kernels = sparse
+    sae.zero_grad(set_to_none=True)
+    out = sae(x_BD)
+    out.loss.backward()
+    grads = {name: param.grad.clone() for name, param in sae.named_parameters()}
+    return out, grads
+
+
+@pytest.mark.parametrize("architecture", SPARSE_ARCHITECTURES)
+@pytest.mark.parametrize("dead", [False, True], ids=["all-alive", "dead-latents"])
+def test_sparse_path_matches_plain_path(architecture, dead, kernel):
+    sae = make_sae(architecture, pre_act_std_coefficient=0.1)
+    sae.train()
+    x_BD = activation_batch(96, seed=3)
+    sae.init_from_data(x_BD)
+    if dead:  # half the latents count as dead: AuxK is active for topk / batchtopk
+        sae.tokens_since_fired[: D_SAE // 2] = sae.cfg.dead_after_tokens
+    firing_before = sae.tokens_since_fired.clone()
+    plain, plain_grads = loss_and_grads(sae, x_BD, sparse=False)
+    sae.tokens_since_fired.copy_(firing_before)
+    if architecture == "batchtopk":
+        sae.threshold_seen.fill_(False)
+    fast, fast_grads = loss_and_grads(sae, x_BD, sparse=True)
+    assert set(fast.losses) == set(plain.losses)
+    for name in plain.losses:
+        assert torch.allclose(fast.losses[name], plain.losses[name], rtol=1e-5, atol=1e-6), name
+    assert torch.allclose(fast.x_hat_BD, plain.x_hat_BD, atol=1e-5)
+    assert torch.equal(fast.acts_BF, plain.acts_BF.detach())
+    for name, grad in plain_grads.items():
+        assert torch.allclose(fast_grads[name], grad, rtol=1e-4, atol=1e-6), name
+    if dead and architecture != "relu":
+        assert plain.losses["aux"] > 0
+
+
+@pytest.mark.parametrize("architecture", SPARSE_ARCHITECTURES)
+def test_training_on_the_sparse_path_matches_the_plain_path(architecture):
+    """Twenty optimiser steps each way end at the same weights."""
+    weights = {}
+    for sparse in (False, True):
+        sae = make_sae(architecture)
+        sae.use_sparse_kernels = sparse
+        trainer = SaeTrainer(sae, TrainConfig(total_steps=20, lr=1e-3))
+        for _ in fit_many([trainer], (activation_batch(64, seed=i) for i in range(20))):
+            pass
+        weights[sparse] = {name: p.detach().clone() for name, p in sae.named_parameters()}
+    for name, plain in weights[False].items():
+        assert torch.allclose(weights[True][name], plain, atol=1e-4), name
+
+
+def test_eval_mode_uses_the_plain_path():
+    sae = make_sae("topk").eval()
+    x_BD = activation_batch(8)
+    out = sae(x_BD)
+    assert out.acts_BF.requires_grad  # the dense path: activations carry the graph
+    assert out.x_hat_BD.shape == (8, D_IN)
