@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from prefect import flow
 from pydantic import BaseModel, Field
 
@@ -30,6 +32,9 @@ class SweepSpec(BaseModel):
     train_tokens: int = Field(2_000_000, ge=1, description="Training tokens per SAE.")
     batch_size: int = Field(4096, ge=1, description="Tokens per batch.")
     warmup_steps: int = Field(100, ge=0, description="Learning-rate warm-up steps.")
+    autocast_bf16: Literal["cuda", "always", "never"] = Field(
+        "cuda", description="bf16 autocast of the SAE products: on CUDA, also on CPUs (fast on AVX512-BF16/AMX), or never."
+    )
     eval_contexts: int = Field(16, ge=1, description="Held-out contexts (never trained on) for evaluation.")
     splice_contexts: int = Field(8, ge=0, description="Held-out contexts for CE loss recovered / KL (0 skips the model).")
     checkpoint_every: int = Field(200, ge=1, description="Steps between resumable checkpoints.")

@@ -18,6 +18,7 @@ import torch
 
 from infra.activation_store import read_manifest
 from infra.activation_stream import StreamSpec, iter_batches, split_eval
+from infra.allocator import keep_freed_memory
 from infra.crosscoder_store import save_crosscoder
 from infra.diff_report import latents_frame, relative_norm_histogram
 from infra.sae_store import load_training_state, save_training_state
@@ -82,6 +83,7 @@ class CrosscoderWorker:
         plan = self.plan
         if diff_done(plan):
             return read_json(plan.uri(SUMMARY_FILE))
+        keep_freed_memory()  # training reallocates the same large tensors every step
         train_range, eval_range = split_eval(read_manifest(plan.harvests[0]), plan.eval_contexts)
         restored = load_training_state(plan.uri("checkpoint"), device=self.device)
         if restored is None:

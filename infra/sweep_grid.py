@@ -56,7 +56,9 @@ def sweep_id_for(name: str, harvest_id: str, hookpoint: str, budget: dict[str, A
     return spec_id(name, {"harvest": harvest_id, "hookpoint": hookpoint, **budget})
 
 
-def expand_grid(axes: dict[str, list[Any]], d_in: int, total_steps: int, warmup_steps: int) -> list[tuple[SaeConfig, TrainConfig]]:
+def expand_grid(
+    axes: dict[str, list[Any]], d_in: int, total_steps: int, warmup_steps: int, autocast_bf16: str = "cuda"
+) -> list[tuple[SaeConfig, TrainConfig]]:
     """Cartesian product of the axes; k applies to topk/batchtopk, sparsity_coefficient to the rest.
 
     Every point is built (and so validated) here, before any training starts.
@@ -70,7 +72,9 @@ def expand_grid(axes: dict[str, list[Any]], d_in: int, total_steps: int, warmup_
         )
         for variant in variants:
             sae_config = SaeConfig(architecture=architecture, d_in=d_in, expansion_factor=expansion, seed=seed, **variant)
-            train_config = TrainConfig(total_steps=total_steps, lr=lr, warmup_steps=min(warmup_steps, total_steps))
+            train_config = TrainConfig(
+                total_steps=total_steps, lr=lr, warmup_steps=min(warmup_steps, total_steps), autocast_bf16=autocast_bf16
+            )
             key = (repr(sae_config), repr(train_config))
             if key not in seen:
                 seen.add(key)
@@ -140,7 +144,15 @@ def memory_budget_bytes(cpu_budget_bytes: int = 4 * 2**30) -> int:
 
 
 def plan_sweep(
-    name: str, root: str, harvest: str, hookpoint: str, axes: dict[str, list[Any]], train_tokens: int, batch_size: int, warmup_steps: int
+    name: str,
+    root: str,
+    harvest: str,
+    hookpoint: str,
+    axes: dict[str, list[Any]],
+    train_tokens: int,
+    batch_size: int,
+    warmup_steps: int,
+    autocast_bf16: str = "cuda",
 ) -> SweepPlan:
     """Check the harvest and the grid, then lay out every point's storage; nothing is trained."""
     from infra.activation_store import MANIFEST_FILE, read_manifest
@@ -154,7 +166,7 @@ def plan_sweep(
     if batch_size < 1 or train_tokens < batch_size:
         raise SweepSpecError(f"train_tokens={train_tokens} must be >= batch_size={batch_size} >= 1")
     total_steps = train_tokens // batch_size
-    grid = expand_grid(axes, manifest["d_model"], total_steps, warmup_steps)
+    grid = expand_grid(axes, manifest["d_model"], total_steps, warmup_steps, autocast_bf16)
     budget = {"train_tokens": train_tokens, "batch_size": batch_size, "warmup_steps": warmup_steps}
     sweep_id = sweep_id_for(name, manifest["harvest_id"], hookpoint, budget)
     points = plan_points(sweep_id, root, manifest["harvest_id"], hookpoint, grid)

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from infra.allocator import keep_freed_memory
 from infra.sae_store import CFG_FILE, load_training_state, save_sae, save_training_state
 from infra.storage import exists, join, read_json, write_bytes_atomic, write_json_atomic
 from sae_core import SaeConfig, SaeTrainer, SparseCoder, TrainConfig, build_sae, fit_many
@@ -115,6 +116,7 @@ def train_group(
     loss recovered by splicing into the model).
     """
     device = device or pick_device()
+    keep_freed_memory()  # training reallocates the same large tensors every step
     pending = [m for m in members if not is_finished(m)]
     trainers, start_batch, histories = _restore(pending, device)
     started = time.perf_counter()

@@ -8,6 +8,7 @@ after, so callers always speak in the model's own activation units.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar, NamedTuple
 
 import torch
@@ -137,25 +138,8 @@ class SparseCoder(FiringTracker, nn.Module):
         only the active latents (acts_BF in the output is then detached, for bookkeeping).
         """
         xs_BD = self.scale_inputs(x_BD)
-        if self.training and self.use_sparse_kernels and self.has_sparse_path:
-            pre = PreActivations(xs_BD, self.b_dec, self.W_enc, self.b_enc)
-            active = self.active_latents(pre)
-            differentiable_pre = pre.dense
-            if active is None:  # too many active latents: dense products, still one encoder pass
-                pre_BF = pre.dense()
-                acts_BF = self.activate(pre_BF)
-                xs_hat_BD = self.decode_scaled(acts_BF)
-                terms = self.sparsity_losses(xs_BD, pre_BF, acts_BF, xs_hat_BD)
-                differentiable_pre = lambda: pre_BF  # noqa: E731
-            else:
-                xs_hat_BD = decode_active(active, self.W_dec) + self.b_dec
-                acts_BF = active.to_dense()
-                terms = self.active_losses(xs_BD, pre, active, xs_hat_BD)
-        else:
-            acts_BF, pre_BF = self.latents(xs_BD)
-            xs_hat_BD = self.decode_scaled(acts_BF)
-            terms = self.sparsity_losses(xs_BD, pre_BF, acts_BF, xs_hat_BD)
-            differentiable_pre = lambda: pre_BF  # noqa: E731
+        sparse = self.training and self.use_sparse_kernels and self.has_sparse_path
+        xs_hat_BD, acts_BF, terms, differentiable_pre = (self._sparse_pass if sparse else self._plain_pass)(xs_BD)
         losses = {"mse": (xs_hat_BD - xs_BD).pow(2).sum(dim=-1).mean()}
         for name, term in terms.items():
             losses[name] = term * sparsity_scale if name == "sparsity" else term
@@ -164,6 +148,24 @@ class SparseCoder(FiringTracker, nn.Module):
         if self.training:
             self._track_firing(acts_BF)
         return SaeOutput(xs_hat_BD / self.input_scale, acts_BF, sum(losses.values()), losses)
+
+    def _plain_pass(self, xs_BD: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor], Callable[[], Tensor]]:
+        """(reconstruction, activations, sparsity terms, differentiable pre-activations) by dense products."""
+        acts_BF, pre_BF = self.latents(xs_BD)
+        xs_hat_BD = self.decode_scaled(acts_BF)
+        return xs_hat_BD, acts_BF, self.sparsity_losses(xs_BD, pre_BF, acts_BF, xs_hat_BD), lambda: pre_BF
+
+    def _sparse_pass(self, xs_BD: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor], Callable[[], Tensor]]:
+        """_plain_pass through sae_core.sparse_ops: one encoder product, then the active latents only."""
+        pre = PreActivations(xs_BD, self.b_dec, self.W_enc, self.b_enc)
+        active = self.active_latents(pre)
+        if active is None:  # too many active latents: dense products, still one encoder product
+            pre_BF = pre.dense()
+            acts_BF = self.activate(pre_BF)
+            xs_hat_BD = self.decode_scaled(acts_BF)
+            return xs_hat_BD, acts_BF, self.sparsity_losses(xs_BD, pre_BF, acts_BF, xs_hat_BD), lambda: pre_BF
+        xs_hat_BD = decode_active(active, self.W_dec) + self.b_dec
+        return xs_hat_BD, active.to_dense(), self.active_losses(xs_BD, pre, active, xs_hat_BD), pre.dense
 
     @torch.no_grad()
     def apply_constraints(self) -> None:

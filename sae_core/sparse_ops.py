@@ -30,9 +30,9 @@ from torch import Tensor
 SPARSE_MAX_DENSITY = 0.1
 """Above this fraction of active (token, latent) pairs the dense products are used instead.
 
-bench/sparse_kernels.py measures the crossover of a full encode-select-decode step: on the
-2-core CPU (d_in 576, 4,608 latents, batch 1,024) the sparse kernels are 3.5x faster at
-0.7% density (TopK k=32), 1.3x at 8.7%, even near 13% and slower beyond.
+Measured by bench/sparse_kernels.py (one encode-select-decode step, d_in 576, 4,608 latents,
+batch 1,024, 2-core CPU): the sparse kernels are 3.3x faster at 0.7% density (TopK k=32),
+1.5x at 8.7%, 1.2x at 13% and slower (0.9x) at 19.5%.
 """
 
 

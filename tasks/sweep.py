@@ -23,7 +23,10 @@ from tasks.retry import STORAGE_RETRY, retry_unless_bad_input
 def plan_sweep_task(spec: dict[str, Any], harvest: str) -> dict[str, Any]:
     """Validate the grid against the harvest and lay out storage; returns the plan and its groups."""
     axes = {key: spec[key] for key in ("architectures", "expansion_factors", "ks", "sparsity_coefficients", "lrs", "seeds")}
-    plan = plan_sweep(spec["name"], spec["root"], harvest, spec["hookpoint"], axes, spec["train_tokens"], spec["batch_size"], spec["warmup_steps"])
+    plan = plan_sweep(
+        spec["name"], spec["root"], harvest, spec["hookpoint"], axes, spec["train_tokens"], spec["batch_size"],
+        spec["warmup_steps"], spec.get("autocast_bf16", "cuda"),
+    )
     groups = group_points(plan.points, plan.batch_size, memory_budget_bytes(), spec["max_group_size"])
     return {"plan": asdict(plan), "groups": groups}
 

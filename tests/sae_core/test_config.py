@@ -43,6 +43,7 @@ def test_bad_sae_config_names_field_value_and_rule(overrides, field, allowed):
         ({"decay_fraction": 1.5}, "decay_fraction"),
         ({"adam_betas": (0.9, 1.0)}, "adam_betas"),
         ({"max_grad_norm": 0.0}, "max_grad_norm"),
+        ({"autocast_bf16": "cpu"}, "autocast_bf16"),
     ],
 )
 def test_bad_train_config_names_field(overrides, field):

@@ -111,3 +111,17 @@ def test_eval_mode_uses_the_plain_path():
     out = sae(x_BD)
     assert out.acts_BF.requires_grad  # the dense path: activations carry the graph
     assert out.x_hat_BD.shape == (8, D_IN)
+
+
+def test_bf16_autocast_on_cpu_trains_like_fp32():
+    """autocast_bf16="always" runs the products in bfloat16 on a CPU; training ends where fp32 does."""
+    final = {}
+    for mode in ("never", "always"):
+        sae = make_sae("topk")
+        trainer = SaeTrainer(sae, TrainConfig(total_steps=40, lr=3e-3, autocast_bf16=mode))
+        for report in fit_many([trainer], (activation_batch(128, seed=i % 8) for i in range(40))):
+            last = report.metrics[0]
+        final[mode] = float(last["fvu"])
+        assert all(p.dtype == torch.float32 for p in sae.parameters())
+    assert final["always"] == pytest.approx(final["never"], abs=0.03)
+    assert final["always"] < 0.5
