@@ -15,13 +15,15 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
-from transformers import PretrainedConfig
 
 from infra.models import ModelFacts, model_facts
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 HOOK_KINDS = ("resid_pre", "resid_post", "attn_out", "mlp_out")
 """What can be captured in each block."""

@@ -21,8 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
-from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # transformers takes ~1.5 s to import: only the functions that load models pay it
+    from transformers import PretrainedConfig, PreTrainedModel
+    from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 PACKAGED_SMOLLM2 = "smollm2-135m"
 """Alias of SmolLM2-135M-Instruct (Llama, 30 layers, d_model 576), loadable offline."""
@@ -147,6 +150,8 @@ def _smollm2_gguf_dir() -> Path:
 def _convert_gguf(target: Path) -> None:
     """Dequantise the packaged GGUF once and save it (weights + tokenizer) as safetensors at target."""
     gguf_dir = _smollm2_gguf_dir()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=_SMOLLM2_GGUF, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=_SMOLLM2_GGUF)
     # The weights are plain float32 after dequantising; without this save_pretrained refuses
@@ -193,6 +198,8 @@ def _local_dir(ref: ModelRef) -> Path:
 
 def load_model_config(ref: RefLike) -> PretrainedConfig:
     """The model's config alone (no weights), to validate hookpoints and context lengths early."""
+    from transformers import AutoConfig
+
     ref = _as_ref(ref)
     try:
         if ref.kind == "packaged":
@@ -237,6 +244,8 @@ def _weights_source(ref: ModelRef) -> tuple[str, str | None]:
 
 def load_tokenizer(ref: RefLike) -> PreTrainedTokenizerBase:
     """The tokenizer of a model reference, without loading weights."""
+    from transformers import AutoTokenizer
+
     ref = _as_ref(ref)
     source, revision = _weights_source(ref)
     try:
@@ -249,6 +258,8 @@ def load_model(
     ref: RefLike, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """(model, tokenizer) for a reference: eval mode, parameters frozen, on device (CUDA if present)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     ref = _as_ref(ref)
     source, revision = _weights_source(ref)
     model_facts(load_model_config(ref))  # reject unsupported families before reading weights
