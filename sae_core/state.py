@@ -66,10 +66,11 @@ def restore_trainer(tensors: dict[str, Tensor], meta: dict[str, Any], device: to
     for opt_index, (optimizer, opt_meta) in enumerate(zip(trainer.optimizers, meta["optimizers"], strict=True)):
         per_param: dict[int, dict[str, Any]] = {}
         prefix = f"optim.{opt_index}."
+        params = [p for group in optimizer.param_groups for p in group["params"]]
         for name, value in tensors.items():
             if name.startswith(prefix):
                 param_index, key = name[len(prefix):].split(".", 1)
-                per_param.setdefault(int(param_index), {})[key] = value
+                per_param.setdefault(int(param_index), {})[key] = _like_param(value, params[int(param_index)])
         for param_index, scalars in opt_meta["scalars"].items():
             per_param.setdefault(int(param_index), {}).update(scalars)
         optimizer.load_state_dict({"state": per_param, "param_groups": opt_meta["param_groups"]})
@@ -77,3 +78,14 @@ def restore_trainer(tensors: dict[str, Tensor], meta: dict[str, Any], device: to
     trainer.tokens_seen = int(meta["tokens_seen"])
     trainer.device_seconds = float(meta.get("device_seconds", 0.0))
     return trainer
+
+
+def _like_param(value: Tensor, param: Tensor) -> Tensor:
+    """An optimiser moment in its parameter's memory layout (W_enc is column-major).
+
+    Checkpoints store tensors contiguous; the fused Adam kernel walks a parameter and its
+    moments in memory order, so a moment restored in another layout would pair wrong elements.
+    """
+    if value.shape != param.shape or value.stride() == param.stride():
+        return value
+    return torch.empty_strided(param.shape, param.stride(), dtype=value.dtype).copy_(value)
