@@ -5,6 +5,7 @@
 - the crossover: one encode-select-decode step at growing density, sparse vs dense products
   (what sae_core.sparse_ops.SPARSE_MAX_DENSITY is set from);
 - the allocator setting of the training workers (infra.allocator), in a fresh subprocess each;
+- fused Adam vs torch's default Adam (what saeflow uses);
 - bf16 autocast vs fp32 (on CPUs with bf16 matrix instructions).
 
 Milliseconds per optimiser step (best of --reps after a warm-up step), d_in 576, batch 1024.
@@ -26,7 +27,7 @@ STEP_CASES = [("topk", 8, False), ("topk", 8, True), ("topk", 32, False), ("batc
 
 
 def step_ms(architecture: str, expansion: int, *, sparse: bool, dead: bool = False, autocast: str = "never",
-            allocator: bool = False, active_fraction: float | None = None, reps: int = 5) -> float:
+            allocator: bool = False, active_fraction: float | None = None, fused_adam: bool = False, reps: int = 5) -> float:
     """Best wall time of one SaeTrainer.train_step, in ms."""
     from sae_core import SaeConfig, SaeTrainer, TrainConfig, build_sae
 
@@ -44,6 +45,8 @@ def step_ms(architecture: str, expansion: int, *, sparse: bool, dead: bool = Fal
             pre_BF = (x_BD - sae.b_dec) @ sae.W_enc
             sae.b_enc.fill_(-float(pre_BF.flatten()[::7].quantile(1 - active_fraction)))
     trainer = SaeTrainer(sae, TrainConfig(total_steps=reps + 1, max_grad_norm=1.0, decay_fraction=0.0, autocast_bf16=autocast))
+    if fused_adam:  # the optimiser table: would the fused kernel pay?
+        trainer.optimizers = [torch.optim.Adam(sae.parameters(), lr=trainer.cfg.lr, betas=trainer.cfg.adam_betas, fused=True)]
     trainer.train_step(x_BD)
     timings = []
     for _ in range(reps):
@@ -120,6 +123,12 @@ def main() -> None:
         kwargs = {"architecture": architecture, "expansion": expansion, "sparse": True, "reps": args.reps}
         default, kept = in_subprocess(allocator=False, **kwargs), in_subprocess(allocator=True, **kwargs)
         print(f"| {architecture} {expansion}x | {default:.1f} | {kept:.1f} | **{default / kept:.2f}x** |", flush=True)
+
+    print("\n| case (sparse kernels, infra.allocator) | Adam | fused Adam | speed-up |\n|---|---|---|---|")
+    for architecture, expansion in (("topk", 8), ("topk", 32)):
+        kwargs = {"architecture": architecture, "expansion": expansion, "sparse": True, "allocator": True, "reps": args.reps}
+        plain, fused = in_subprocess(fused_adam=False, **kwargs), in_subprocess(fused_adam=True, **kwargs)
+        print(f"| {architecture} {expansion}x | {plain:.1f} | {fused:.1f} | **{plain / fused:.2f}x** |", flush=True)
 
     print("\n| case (sparse kernels, infra.allocator) | fp32 | bf16 autocast | speed-up |\n|---|---|---|---|")
     for architecture, expansion in (("topk", 8), ("topk", 32), ("relu", 8)):

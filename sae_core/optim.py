@@ -11,9 +11,8 @@ from sae_core.config import SaeConfig, TrainConfig
 def build_optimizers(sae: nn.Module, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
     """One Adam over every parameter, or Muon over weight matrices plus Adam over the rest."""
     named = [(name, p) for name, p in sae.named_parameters() if p.requires_grad]
-    # fused: one kernel per step for all parameters instead of ~10 elementwise passes over each
-    # (bench/sparse_kernels.py: the optimiser was a third of a sparse TopK step).
-    adam_kwargs = {"lr": cfg.lr, "betas": cfg.adam_betas, "fused": True}
+    # Not fused: on CPU the fused kernel measured 1.00-1.03x (bench/sparse_kernels.py).
+    adam_kwargs = {"lr": cfg.lr, "betas": cfg.adam_betas}
     # Muon orthogonalises the updates of 2-D weight matrices only; biases, thresholds and a
     # crosscoder's 3-D per-source weights stay on Adam.
     matrices = [p for name, p in named if name.startswith("W_") and p.ndim == 2]

@@ -31,8 +31,8 @@ SPARSE_MAX_DENSITY = 0.1
 """Above this fraction of active (token, latent) pairs the dense products are used instead.
 
 Measured by bench/sparse_kernels.py (one encode-select-decode step, d_in 576, 4,608 latents,
-batch 1,024, 2-core CPU): the sparse kernels are 3.3x faster at 0.7% density (TopK k=32),
-1.5x at 8.7%, 1.2x at 13% and slower (0.9x) at 19.5%.
+batch 1,024, 2-core CPU, two runs): the sparse kernels are 3.3-3.4x faster at 0.7% density
+(TopK k=32), 1.25-1.5x at 8.7%, 1.1-1.2x at 13% and slower (0.77-0.9x) at 19.5%.
 """
 
 

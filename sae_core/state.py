@@ -83,7 +83,7 @@ def restore_trainer(tensors: dict[str, Tensor], meta: dict[str, Any], device: to
 def _like_param(value: Tensor, param: Tensor) -> Tensor:
     """An optimiser moment in its parameter's memory layout (W_enc is column-major).
 
-    Checkpoints store tensors contiguous; the fused Adam kernel walks a parameter and its
+    Checkpoints store tensors contiguous; fused optimiser kernels walk a parameter and its
     moments in memory order, so a moment restored in another layout would pair wrong elements.
     """
     if value.shape != param.shape or value.stride() == param.stride():
