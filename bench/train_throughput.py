@@ -22,6 +22,7 @@ from datetime import date
 import torch
 
 from bench.stream_throughput import HOOKPOINT, write_harvest
+from infra.allocator import keep_freed_memory
 from infra.activation_stream import StreamSpec, iter_batches
 from sae_core import SaeConfig, SaeTrainer, TrainConfig, build_sae, fit_many
 from sae_core.synthetic import SyntheticFeatures
@@ -69,6 +70,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=1024)
     args = parser.parse_args()
+    keep_freed_memory()  # as the training workers do (infra.training.train_group)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     truth = SyntheticFeatures(d=D_IN, num_features=4 * D_IN, firing_probability=0.01)
     tokens = args.steps * args.batch
