@@ -119,7 +119,7 @@ class SparseCoder(FiringTracker, nn.Module):
         return self.decode_scaled(acts_BF) / self.input_scale
 
     def activate(self, pre_BF: Tensor) -> Tensor:
-        """Activations from pre-activations (architectures with a sparse path implement it)."""
+        """Activations from pre-activations; needed where active_latents() may return None."""
         raise NotImplementedError
 
     def active_latents(self, pre: PreActivations) -> Active | None:

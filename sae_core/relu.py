@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from sae_core.base import SparseCoder
 from sae_core import sparse_ops
+from sae_core.base import SparseCoder
 from sae_core.sparse_ops import Active, PreActivations
 
 
