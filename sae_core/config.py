@@ -24,6 +24,43 @@ def _reject(cls_name: str, name: str, value: Any, allowed: str) -> None:
     raise ConfigError(f"{cls_name}.{name}={value!r} is invalid: {allowed}")
 
 
+def _check_dictionary_fields(cfg: Any, uses_k: bool, joint_sources: int, positive_fields: tuple[str, ...]) -> None:
+    """Checks SaeConfig and CrosscoderConfig share: shape, k, AuxK, coefficients, schedules, b_dec.
+
+    Fills in d_sae and aux_k when they are None; aux_k defaults to half the joint input width,
+    joint_sources * d_in // 2 (Gao et al. 2024), at most d_sae.
+    """
+    name = type(cfg).__name__
+    if not isinstance(cfg.d_in, int) or cfg.d_in < 1:
+        _reject(name, "d_in", cfg.d_in, "a positive integer")
+    if not (cfg.expansion_factor > 0 and math.isfinite(cfg.expansion_factor)):
+        _reject(name, "expansion_factor", cfg.expansion_factor, "a finite number > 0")
+    if cfg.d_sae is None:
+        cfg.d_sae = max(1, round(cfg.expansion_factor * cfg.d_in))
+    if not isinstance(cfg.d_sae, int) or cfg.d_sae < 1:
+        _reject(name, "d_sae", cfg.d_sae, "a positive integer")
+    if uses_k and not 1 <= cfg.k <= cfg.d_sae:
+        _reject(name, "k", cfg.k, f"an integer in 1..d_sae={cfg.d_sae}")
+    if cfg.aux_k is None:
+        cfg.aux_k = max(1, min(joint_sources * cfg.d_in // 2, cfg.d_sae))
+    if not 1 <= cfg.aux_k <= cfg.d_sae:
+        _reject(name, "aux_k", cfg.aux_k, f"an integer in 1..d_sae={cfg.d_sae}")
+    for non_negative in ("sparsity_coefficient", "aux_k_coefficient", "pre_act_std_coefficient"):
+        value = getattr(cfg, non_negative)
+        if not (value >= 0 and math.isfinite(value)):
+            _reject(name, non_negative, value, "a finite number >= 0")
+    if not 0 <= cfg.sparsity_warmup_fraction <= 1:
+        _reject(name, "sparsity_warmup_fraction", cfg.sparsity_warmup_fraction, "a number in [0, 1]")
+    for positive in positive_fields:
+        value = getattr(cfg, positive)
+        if not (value > 0 and math.isfinite(value)):
+            _reject(name, positive, value, "a finite number > 0")
+    if not 0 < cfg.batchtopk_threshold_momentum <= 1:
+        _reject(name, "batchtopk_threshold_momentum", cfg.batchtopk_threshold_momentum, "a number in (0, 1]")
+    if cfg.b_dec_init not in B_DEC_INITS:
+        _reject(name, "b_dec_init", cfg.b_dec_init, f"one of {', '.join(B_DEC_INITS)}")
+
+
 @dataclass
 class SaeConfig:
     """What defines one sparse autoencoder: its shape, activation function and sparsity loss."""
@@ -95,36 +132,14 @@ class SaeConfig:
         name = type(self).__name__
         if self.architecture not in ARCHITECTURES:
             _reject(name, "architecture", self.architecture, f"one of {', '.join(ARCHITECTURES)}")
-        if not isinstance(self.d_in, int) or self.d_in < 1:
-            _reject(name, "d_in", self.d_in, "a positive integer")
-        if not (self.expansion_factor > 0 and math.isfinite(self.expansion_factor)):
-            _reject(name, "expansion_factor", self.expansion_factor, "a finite number > 0")
-        if self.d_sae is None:
-            self.d_sae = max(1, round(self.expansion_factor * self.d_in))
-        if not isinstance(self.d_sae, int) or self.d_sae < 1:
-            _reject(name, "d_sae", self.d_sae, "a positive integer")
-        if self.architecture in ("topk", "batchtopk") and not 1 <= self.k <= self.d_sae:
-            _reject(name, "k", self.k, f"an integer in 1..d_sae={self.d_sae}")
-        if self.aux_k is None:
-            self.aux_k = max(1, min(self.d_in // 2, self.d_sae))
-        if not 1 <= self.aux_k <= self.d_sae:
-            _reject(name, "aux_k", self.aux_k, f"an integer in 1..d_sae={self.d_sae}")
-        for non_negative in ("sparsity_coefficient", "aux_k_coefficient", "pre_act_std_coefficient"):
-            value = getattr(self, non_negative)
-            if not (value >= 0 and math.isfinite(value)):
-                _reject(name, non_negative, value, "a finite number >= 0")
-        if not 0 <= self.sparsity_warmup_fraction <= 1:
-            _reject(name, "sparsity_warmup_fraction", self.sparsity_warmup_fraction, "a number in [0, 1]")
-        for positive in ("jumprelu_bandwidth", "jumprelu_init_threshold", "decoder_init_norm"):
-            value = getattr(self, positive)
-            if not (value > 0 and math.isfinite(value)):
-                _reject(name, positive, value, "a finite number > 0")
-        if not 0 < self.batchtopk_threshold_momentum <= 1:
-            _reject(name, "batchtopk_threshold_momentum", self.batchtopk_threshold_momentum, "a number in (0, 1]")
+        _check_dictionary_fields(
+            self,
+            uses_k=self.architecture in ("topk", "batchtopk"),
+            joint_sources=1,
+            positive_fields=("jumprelu_bandwidth", "jumprelu_init_threshold", "decoder_init_norm"),
+        )
         if self.dead_after_tokens < 1:
             _reject(name, "dead_after_tokens", self.dead_after_tokens, "a positive integer")
-        if self.b_dec_init not in B_DEC_INITS:
-            _reject(name, "b_dec_init", self.b_dec_init, f"one of {', '.join(B_DEC_INITS)}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict of every field."""

@@ -7,11 +7,10 @@ its schedules (``sparsity_scale_at``) and the metrics read a crosscoder's config
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sae_core.config import B_DEC_INITS, _from_dict, _reject
+from sae_core.config import _check_dictionary_fields, _from_dict, _reject
 
 CROSSCODER_ARCHITECTURES = ("relu", "batchtopk")
 
@@ -78,34 +77,14 @@ class CrosscoderConfig:
             _reject(name, "architecture", self.architecture, f"one of {', '.join(CROSSCODER_ARCHITECTURES)}")
         if not isinstance(self.n_sources, int) or self.n_sources < 2:
             _reject(name, "n_sources", self.n_sources, "an integer >= 2 (a crosscoder reads several sources)")
-        if not isinstance(self.d_in, int) or self.d_in < 1:
-            _reject(name, "d_in", self.d_in, "a positive integer")
-        if not (self.expansion_factor > 0 and math.isfinite(self.expansion_factor)):
-            _reject(name, "expansion_factor", self.expansion_factor, "a finite number > 0")
-        if self.d_sae is None:
-            self.d_sae = max(1, round(self.expansion_factor * self.d_in))
-        if not isinstance(self.d_sae, int) or self.d_sae < 1:
-            _reject(name, "d_sae", self.d_sae, "a positive integer")
-        if self.architecture == "batchtopk" and not 1 <= self.k <= self.d_sae:
-            _reject(name, "k", self.k, f"an integer in 1..d_sae={self.d_sae}")
-        if self.aux_k is None:
-            self.aux_k = max(1, min(self.n_sources * self.d_in // 2, self.d_sae))
-        if not 1 <= self.aux_k <= self.d_sae:
-            _reject(name, "aux_k", self.aux_k, f"an integer in 1..d_sae={self.d_sae}")
-        for non_negative in ("sparsity_coefficient", "aux_k_coefficient", "pre_act_std_coefficient"):
-            value = getattr(self, non_negative)
-            if not (value >= 0 and math.isfinite(value)):
-                _reject(name, non_negative, value, "a finite number >= 0")
-        if not 0 <= self.sparsity_warmup_fraction <= 1:
-            _reject(name, "sparsity_warmup_fraction", self.sparsity_warmup_fraction, "a number in [0, 1]")
-        if not (self.decoder_init_norm > 0 and math.isfinite(self.decoder_init_norm)):
-            _reject(name, "decoder_init_norm", self.decoder_init_norm, "a finite number > 0")
-        if not 0 < self.batchtopk_threshold_momentum <= 1:
-            _reject(name, "batchtopk_threshold_momentum", self.batchtopk_threshold_momentum, "a number in (0, 1]")
+        _check_dictionary_fields(
+            self,
+            uses_k=self.architecture == "batchtopk",
+            joint_sources=self.n_sources,
+            positive_fields=("decoder_init_norm",),
+        )
         if not isinstance(self.dead_after_tokens, int) or self.dead_after_tokens < 1:
             _reject(name, "dead_after_tokens", self.dead_after_tokens, "a positive integer")
-        if self.b_dec_init not in B_DEC_INITS:
-            _reject(name, "b_dec_init", self.b_dec_init, f"one of {', '.join(B_DEC_INITS)}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict of every field."""
