@@ -1,8 +1,6 @@
 """Prefect flows: compose tasks; parameters are pydantic specs that become forms in the UI."""
 
-import os
+from infra.quiet_env import apply_quiet_defaults
 
-# saeflow runs offline (these machines reach no telemetry endpoint): without this the ephemeral
-# server logs a failed analytics heartbeat each run and every cached re-run pays ~1.4 s for it.
-# A value already in the environment still wins.
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Before Prefect or Ray is imported anywhere: offline, loopback-only, a patient first start.
+apply_quiet_defaults()

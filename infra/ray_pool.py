@@ -12,6 +12,7 @@ import ray
 from ray.exceptions import RayActorError, RayTaskError
 from tqdm.auto import tqdm
 
+from infra.quiet_env import apply_quiet_defaults
 from infra.storage import storage_env
 
 log = logging.getLogger(__name__)
@@ -21,9 +22,8 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Start (or join) Ray once per process: local on 127.0.0.1 unless a cluster address is given."""
     if ray.is_initialized():
         return
-    # Local Ray is unauthenticated: without this it binds every interface (see DESIGN.md).
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Local Ray is unauthenticated: RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 keeps it on 127.0.0.1.
+    apply_quiet_defaults()
     address = address or os.environ.get("SAEFLOW_RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=True)
