@@ -1,9 +1,16 @@
 """Activation shards on object storage: layout, atomic shard writes, the manifest, Arrow reads.
 
-{root}/activations/{harvest_id}/_manifest.json                       written last: the commit marker
-{root}/activations/{harvest_id}/_tokens.parquet                      the packed contexts
-{root}/activations/{harvest_id}/_shards/part-{i:05d}.json            per-shard commit marker
-{root}/activations/{harvest_id}/hookpoint={hp}/part-{i:05d}.parquet  one file per shard and hookpoint
+{harvest} = {root}/activations/{harvest_id}
+{harvest}/_manifest.json                                  written last: the commit marker
+{harvest}/_shards/part-{i:05d}.json                       per-shard commit marker
+{harvest}/tokens.parquet                                  the packed contexts, one row per (seq_id, pos)
+{harvest}/activations/hookpoint={hp}/part-{i:05d}.parquet one file per shard and hookpoint
+
+The shards have a folder of their own, so `{harvest}/activations/*/*.parquet` matches shards and
+nothing else: DuckDB and Polars read it with hive partitioning (a `hookpoint` column) without
+tripping over the tokens file (format version 1 kept `_tokens.parquet` beside the `hookpoint=`
+folders; pyarrow skips underscore files, DuckDB and Polars do not). Temporary files of atomic
+writes end in `.partial`, never `.parquet`, so a killed writer cannot break the glob either.
 
 Activations are stored as float16 by default (Parquet has no bfloat16; float16 keeps 11 bits of
 mantissa, plenty for SAE training, and halves storage) or float32. A reader trusts only files
@@ -23,9 +30,15 @@ import pyarrow.parquet as pq
 from infra.storage import exists, filesystem, join, read_bytes, read_json, write_bytes_atomic, write_json_atomic
 
 MANIFEST_FILE = "_manifest.json"
-TOKENS_FILE = "_tokens.parquet"
-MANIFEST_FORMAT_VERSION = 1
+TOKENS_FILE = "tokens.parquet"
+ACTIVATIONS_DIR = "activations"
+MANIFEST_FORMAT_VERSION = 2
+"""2: tokens.parquet (one row per token) + activations/hookpoint={hp}/ shards. 1: _tokens.parquet beside hookpoint={hp}/."""
 STORED_DTYPES = {"float16": np.float16, "float32": np.float32}
+
+
+class HarvestFormatError(ValueError):
+    """A harvest written in a storage layout this version does not read."""
 
 
 def harvest_uri(root: str, harvest_id: str) -> str:
@@ -35,7 +48,7 @@ def harvest_uri(root: str, harvest_id: str) -> str:
 
 def shard_key(hookpoint: str, index: int) -> str:
     """Path of a shard file relative to its harvest folder."""
-    return f"hookpoint={hookpoint}/part-{index:05d}.parquet"
+    return f"{ACTIVATIONS_DIR}/hookpoint={hookpoint}/part-{index:05d}.parquet"
 
 
 def marker_uri(harvest: str, index: int) -> str:
@@ -116,18 +129,28 @@ def read_manifest(harvest: str) -> dict[str, Any]:
     if not exists(uri):
         raise FileNotFoundError(f"{harvest}: no {MANIFEST_FILE}; the harvest is missing or unfinished")
     manifest = read_json(uri)
-    if manifest.get("format_version") != MANIFEST_FORMAT_VERSION:
-        raise ValueError(f"{uri}: format_version={manifest.get('format_version')!r}, expected {MANIFEST_FORMAT_VERSION}")
+    version = manifest.get("format_version")
+    if version == 1:
+        raise HarvestFormatError(
+            f"{harvest}: harvest in the old storage layout (format_version 1: _tokens.parquet beside the hookpoint= folders, "
+            f"which DuckDB/Polars globs cannot read); this saeflow reads format_version {MANIFEST_FORMAT_VERSION}: re-harvest it "
+            f"(the same spec now writes a new harvest id) and delete this folder"
+        )
+    if version != MANIFEST_FORMAT_VERSION:
+        raise HarvestFormatError(f"{uri}: format_version={version!r}, this saeflow reads {MANIFEST_FORMAT_VERSION}")
     return manifest
 
 
 def read_tokens_table(harvest: str) -> pa.Table:
-    """The packed contexts of a harvest."""
+    """The packed contexts of a harvest: seq_id int64, pos int32, token_id int32, special bool."""
     return pq.read_table(io.BytesIO(read_bytes(join(harvest, TOKENS_FILE))))
 
 
 def open_activations(harvest: str, hookpoint: str | None = None) -> ds.Dataset:
     """A pyarrow dataset over the files the manifest lists (hookpoint is a hive partition column).
+
+    DuckDB and Polars read the same files by glob (README, "Query with DuckDB / Polars"); this
+    reader trusts only the files the manifest lists, so stray files never reach it.
 
     Filter with pyarrow expressions, pushed down to Parquet statistics:
     `open_activations(h).to_table(filter=(ds.field("hookpoint") == "blocks.3.hook_resid_post")
@@ -141,7 +164,9 @@ def open_activations(harvest: str, hookpoint: str | None = None) -> ds.Dataset:
     fs, base = filesystem(harvest)
     paths = [f"{base}/{shard['files'][hp]['path']}" for hp in hookpoints for shard in manifest["shards"]]
     partitioning = ds.partitioning(pa.schema([("hookpoint", pa.string())]), flavor="hive")
-    return ds.dataset(paths, filesystem=fs, format="parquet", partitioning=partitioning, partition_base_dir=base)
+    return ds.dataset(
+        paths, filesystem=fs, format="parquet", partitioning=partitioning, partition_base_dir=f"{base}/{ACTIVATIONS_DIR}"
+    )
 
 
 def activations_numpy(table: pa.Table) -> np.ndarray:

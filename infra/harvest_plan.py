@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 
 from infra.activation_store import (
     MANIFEST_FILE,
+    MANIFEST_FORMAT_VERSION,
     STORED_DTYPES,
     TOKENS_FILE,
     harvest_uri,
@@ -37,7 +38,11 @@ class HarvestSpecError(ValueError):
 
 def harvest_id_for(model: str, hookpoints: list[str], token_spec: TokenSpec, dtype: str, contexts_per_shard: int) -> str:
     """Readable slug + hash of everything that determines the stored bytes."""
-    payload = {"model": model, "hookpoints": sorted(hookpoints), "tokens": token_spec.to_dict(), "dtype": dtype, "shard": contexts_per_shard}
+    # The layout version is part of the id: re-harvesting a spec never lands on an old-layout folder.
+    payload = {
+        "model": model, "hookpoints": sorted(hookpoints), "tokens": token_spec.to_dict(), "dtype": dtype,
+        "shard": contexts_per_shard, "layout": MANIFEST_FORMAT_VERSION,
+    }
     slug = ModelRef.parse(model).name.rstrip("/").split("/")[-1]
     return spec_id(slug, payload)
 

@@ -73,7 +73,9 @@ def write_bytes_atomic(uri: str, payload: bytes, **storage_options: Any) -> None
     if not _is_object_store(fs):
         # Object stores have no directories; makedirs there would try to create the bucket.
         fs.makedirs(parent, exist_ok=True)
-    tmp_path = posixpath.join(parent, f".tmp-{uuid.uuid4().hex}-{posixpath.basename(path)}")
+    # ".partial", not the real suffix: a key a killed writer leaves behind never matches a reader's
+    # glob such as DuckDB's `activations/*/*.parquet` (which, unlike pyarrow, reads dot-files).
+    tmp_path = posixpath.join(parent, f".tmp-{uuid.uuid4().hex}-{posixpath.basename(path)}.partial")
     try:
         with fs.open(tmp_path, "wb") as handle:
             handle.write(payload)

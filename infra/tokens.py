@@ -158,23 +158,26 @@ def pack_tokens(spec: TokenSpec, tokenizer: Any) -> TokenSet:
 
 
 def token_table(tokens: TokenSet) -> pa.Table:
-    """Arrow table of a token set: one row per context (seq_id, token_ids, special)."""
+    """Arrow table of a token set: one row per token (seq_id, pos, token_id, special), in order.
+
+    The same keys and id columns as an activation shard, so any engine joins the two on (seq_id, pos).
+    """
     num, length = tokens.token_ids_NS.shape
     return pa.table(
         {
-            "seq_id": pa.array(np.arange(num, dtype=np.int64)),
-            "token_ids": pa.FixedSizeListArray.from_arrays(pa.array(tokens.token_ids_NS.ravel()), length),
-            "special": pa.FixedSizeListArray.from_arrays(pa.array(tokens.special_NS.ravel()), length),
+            "seq_id": pa.array(np.repeat(np.arange(num, dtype=np.int64), length)),
+            "pos": pa.array(np.tile(np.arange(length, dtype=np.int32), num)),
+            "token_id": pa.array(tokens.token_ids_NS.reshape(-1).astype(np.int32)),
+            "special": pa.array(tokens.special_NS.reshape(-1).astype(bool)),
         }
     )
 
 
 def tokens_from_table(table: pa.Table) -> TokenSet:
-    """Inverse of token_table."""
-    ids = table.column("token_ids").combine_chunks()
-    special = table.column("special").combine_chunks()
-    length = ids.type.list_size
-    return TokenSet(
-        ids.values.to_numpy().reshape(-1, length).astype(np.int32),
-        special.values.to_numpy(zero_copy_only=False).reshape(-1, length),
-    )
+    """Inverse of token_table (rows in (seq_id, pos) order, every context the same length)."""
+    length = int(table.column("pos").to_numpy().max()) + 1
+    ids = table.column("token_id").to_numpy().astype(np.int32)
+    special = table.column("special").to_numpy(zero_copy_only=False).astype(bool)
+    if ids.size % length:
+        raise ValueError(f"token table of {ids.size} rows is not whole contexts of {length} tokens")
+    return TokenSet(ids.reshape(-1, length), special.reshape(-1, length))

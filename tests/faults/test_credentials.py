@@ -82,7 +82,7 @@ def test_no_credentials_in_objects_or_logs(s3_env, tmp_path, captured_logs, caps
     fs, base = filesystem(root)
     objects = [path for path in fs.find(base) if not path.rsplit("/", 1)[-1].startswith(".tmp-")]
     names = {path.rsplit("/", 1)[-1] for path in objects}
-    assert {"_manifest.json", "cfg.json", "_tokens.parquet"} <= names, sorted(names)
+    assert {"_manifest.json", "cfg.json", "tokens.parquet"} <= names, sorted(names)
     assert any(name.endswith(".parquet") and name.startswith("part-") for name in names)
     scanned = f"scanned {len(objects)} objects, {sum(fs.size(p) for p in objects)} bytes, {len(captured_logs.records)} log records"
     assert captured_logs.records, "no log records were captured: the log check would be vacuous"

@@ -42,7 +42,7 @@ def test_schema_metadata_and_any_parquet_reader(harvest, tmp_path):
 
 def test_reader_ignores_files_not_in_manifest(harvest, tmp_path):
     uri, manifest = harvest
-    stray = tmp_path / "activations" / manifest["harvest_id"] / f"hookpoint={HOOKPOINTS[0]}" / "part-00099.parquet"
+    stray = tmp_path / "activations" / manifest["harvest_id"] / "activations" / f"hookpoint={HOOKPOINTS[0]}" / "part-00099.parquet"
     stray.write_bytes(b"half-written garbage")
     assert open_activations(uri, HOOKPOINTS[0]).count_rows() == CONTEXTS * CONTEXT
 

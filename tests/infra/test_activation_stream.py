@@ -162,7 +162,7 @@ def test_stream_from_s3_equals_the_local_one(coded, s3_env):
 
 def test_reader_error_reaches_the_consumer(tmp_path):
     harvest = write_coded_harvest(str(tmp_path))
-    shard_dir = Path(harvest) / f"hookpoint={HP}"
+    shard_dir = Path(harvest) / "activations" / f"hookpoint={HP}"
     (shard_dir / "part-00005.parquet").unlink()
     with pytest.raises(FileNotFoundError, match="part-00005"):
         list(iter_batches(spec(harvest)))

@@ -67,7 +67,7 @@ def test_stored_activations_equal_the_models_own(models, family, tmp_path):
 def test_resume_rewrites_no_finished_shard(models, tmp_path, ray_local):
     job = plan(models["gpt2"], str(tmp_path), dtype="float16")
     ShardHarvester(job, device="cpu").harvest(0)  # the run that "stopped" after one shard
-    first = Path(job.harvest) / f"hookpoint={HOOKPOINTS[0]}" / "part-00000.parquet"
+    first = Path(job.harvest) / "activations" / f"hookpoint={HOOKPOINTS[0]}" / "part-00000.parquet"
     stamp = first.stat().st_mtime_ns
     summary = run_harvest(job, num_actors=2)
     assert summary["harvested_shards"] == job.num_shards - 1
@@ -142,5 +142,5 @@ def test_nan_activations_write_nothing(models, tmp_path):
     job = plan(broken, str(tmp_path / "root"), hookpoints=["blocks.1.hook_resid_post"])
     with pytest.raises(FloatingPointError, match=r"shard 0 of blocks\.1\.hook_resid_post has NaN/inf activations"):
         ShardHarvester(job, device="cpu").harvest(0)
-    assert not list(Path(job.harvest).glob("hookpoint=*/*"))
+    assert not list(Path(job.harvest).glob("activations/hookpoint=*/*"))
     assert not (Path(job.harvest) / "_shards").exists()
