@@ -6,12 +6,16 @@ hub id in milliseconds; infra.models re-exports everything here and does the loa
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 PACKAGED_SMOLLM2 = "smollm2-135m"
 """Alias of SmolLM2-135M-Instruct (Llama, 30 layers, d_model 576), loadable offline."""
+
+SUPPORTED_FAMILIES = ("gpt2", "gpt_neox", "llama")
+"""``config.model_type`` values whose blocks infra.hookpoints knows how to hook."""
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 _REVISION = re.compile(r"^[\w./-]+$")
@@ -73,3 +77,8 @@ class ModelRef:
 def _is_local(name: str) -> bool:
     # Hub ids have at most one '/', so anything path-shaped or already on disk is a directory.
     return name.startswith(("/", "./", "../", "~", ".\\")) or name.count("/") > 1 or Path(name).expanduser().is_dir()
+
+
+def model_cache_root() -> Path:
+    """Where converted packaged models live: $SAEFLOW_MODEL_CACHE or ~/.cache/saeflow/models."""
+    return Path(os.environ.get("SAEFLOW_MODEL_CACHE") or "~/.cache/saeflow/models").expanduser()

