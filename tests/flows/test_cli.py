@@ -115,7 +115,7 @@ def test_harvest_query_sweep_results(workspace, capsys):
 
     assert main(["query", harvest, "--hookpoint", HOOKPOINT, "--limit", "5"]) == 0
     out = capsys.readouterr().out
-    assert "seq_id" in out and "norm" in out and "token_id" in out
+    assert "seq_id" in out and "norm" in out and "token_id" in out and " text " in out.splitlines()[2]
     rows = [line for line in out.splitlines()[3:] if line.strip()]
     assert len(rows) == 5, out
     assert main(["query", harvest, "--seq-id", "3", "--limit", "100"]) == 0
@@ -129,11 +129,10 @@ def test_harvest_query_sweep_results(workspace, capsys):
     sweep.write_text(f"name: cli\nharvest: {harvest}\nhookpoint: {HOOKPOINT}\narchitectures: [topk]\nks: [4]\n"
                      f"expansion_factors: [2.0]\ntrain_tokens: {256 * 40}\nbatch_size: 256\nwarmup_steps: 5\n"
                      f"eval_contexts: 8\nsplice_contexts: 2\nshuffle_buffer: 1024\nwandb_mode: disabled\n")
-    # A hookpoint the harvest does not have fails inside the flow: one line, exit 1.
-    assert main(["sweep", str(sweep), "--set", f"root={workspace['root']}", "--set", "hookpoint=blocks.0.hook_mlp_out"]) == 1
-    err = capsys.readouterr().err.strip().splitlines()[-1]  # Prefect logs the traceback above; the CLI says one line
-    assert err.startswith("saeflow sweep: failed: ")
-    assert "SweepSpecError" in err and "was not harvested" in err
+    # A hookpoint the harvest does not have is caught from its manifest before Prefect starts: one line, exit 2.
+    assert main(["sweep", str(sweep), "--set", f"root={workspace['root']}", "--set", "hookpoint=blocks.0.hook_mlp_out"]) == 2
+    err = one_line_error(capsys)
+    assert err.startswith("saeflow sweep: error: --set hookpoint: ") and "was not harvested" in err
     assert main(["sweep", str(sweep), "--set", f"root={workspace['root']}", "--set", "lrs=[0.003]"]) == 0
     out = capsys.readouterr().out
     results = last_uri(out, "results")
