@@ -7,8 +7,11 @@
     saeflow query --results ./artifacts/evals/<sweep_id>/results.parquet
     saeflow serve | saeflow deploy --api-url http://127.0.0.1:4200/api
 
-Spec errors (bad YAML, unknown keys, invalid values) print one line naming the file and key and
-exit with code 2; a failing flow prints its error and exits with code 1.
+Spec errors (bad YAML, unknown keys, invalid values) and everything flows.preflight can check
+without compute (model directories and their config.json, hookpoint ranges, sources, S3 settings,
+a stored harvest's manifest) print one line naming the file and key and exit with code 2, before
+Prefect, torch or Ray is imported (--dry-run runs the same checks); a failing flow prints its error
+and exits with code 1.
 """
 
 from __future__ import annotations

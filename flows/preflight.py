@@ -198,8 +198,8 @@ def check_sweep(spec: SweepSpec) -> None:
     if manifest is None:
         return
     if not manifest:
-        raise PreflightError("harvest", f"{spec.harvest} has no {MANIFEST_FILE}: missing or unfinished: run the harvest flow first "
-                                        "(`saeflow harvest`), or leave harvest empty to run harvest_spec")
+        raise PreflightError("harvest", f"{spec.harvest} has no {MANIFEST_FILE}: run the harvest flow first "
+                                        "(`saeflow harvest`; missing or unfinished), or leave harvest empty to run harvest_spec")
     hookpoints = manifest.get("hookpoints") or []
     if spec.hookpoint not in hookpoints:
         raise PreflightError("hookpoint", f"{spec.hookpoint!r} was not harvested in {spec.harvest}; it has {hookpoints}")
