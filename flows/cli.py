@@ -7,8 +7,11 @@
     saeflow query --results ./artifacts/evals/<sweep_id>/results.parquet
     saeflow serve | saeflow deploy --api-url http://127.0.0.1:4200/api
 
-Spec errors (bad YAML, unknown keys, invalid values) print one line naming the file and key and
-exit with code 2; a failing flow prints its error and exits with code 1.
+Spec errors (bad YAML, unknown keys, invalid values) and everything flows.preflight can check
+without compute (model directories and their config.json, hookpoint ranges, sources, S3 settings,
+a stored harvest's manifest) print one line naming the file and key and exit with code 2, before
+Prefect, torch or Ray is imported (--dry-run runs the same checks); a failing flow prints its error
+and exits with code 1.
 """
 
 from __future__ import annotations
@@ -35,10 +38,8 @@ class SpecError(Exception):
 
 
 def spec_classes() -> dict[str, type[BaseModel]]:
-    """The flow specs by subcommand (imported lazily: prefect is slow to import)."""
-    from flows.diff import DiffSpec
-    from flows.harvest import HarvestSpec
-    from flows.sweep import SweepSpec
+    """The flow specs by subcommand, from flows.specs: no Prefect, torch or Ray is imported to validate."""
+    from flows.specs import DiffSpec, HarvestSpec, SweepSpec
 
     return {"harvest": HarvestSpec, "sweep": SweepSpec, "diff": DiffSpec}
 
@@ -134,11 +135,26 @@ def build_spec(command: str, path: str | None, overrides: Sequence[str]) -> Base
     except ValidationError as error:
         messages = []
         for item in error.errors():
-            key = ".".join(str(part) for part in item["loc"]) or "<spec>"
-            where = origin_of(key, origins, path)
-            messages.append(f"{where}: {item['msg']} (got {item.get('input')!r})" if item["type"] != "missing"
-                            else f"{where}: required, not set")
+            key = ".".join(str(part) for part in item["loc"])
+            rule = item["msg"].removeprefix("Value error, ")
+            if not key:  # a rule across fields (it names them itself)
+                messages.append(f"{path or 'spec'}: {rule}")
+            elif item["type"] == "missing":
+                messages.append(f"{origin_of(key, origins, path)}: required, not set")
+            else:
+                messages.append(f"{origin_of(key, origins, path)}: {rule} (got {item.get('input')!r})")
         raise SpecError("; ".join(messages)) from None
+
+
+def check_spec(spec: BaseModel, path: str | None, overrides: Sequence[str]) -> None:
+    """flows.preflight's compute-free checks (files, configs, manifests, S3 settings) as a SpecError."""
+    from flows.preflight import PreflightError, preflight
+
+    try:
+        preflight(spec)
+    except PreflightError as error:
+        origins = {a.partition("=")[0].strip(): "" for a in overrides}
+        raise SpecError(f"{origin_of(error.key, origins, path)}: {error.rule}") from None
 
 
 def run_flow(command: str, spec: BaseModel) -> list[tuple[str, str]]:
@@ -171,6 +187,7 @@ def one_line(error: BaseException) -> str:
 def cmd_flow(args: argparse.Namespace) -> int:
     try:
         spec = build_spec(args.command, args.spec, args.set or [])
+        check_spec(spec, args.spec, args.set or [])  # also for --dry-run: it promises a spec that can run
     except SpecError as error:
         print(f"saeflow {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -192,75 +209,10 @@ def cmd_flow(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- query
 
 
-def query_activations(args: argparse.Namespace) -> int:
-    import numpy as np
-    import pandas as pd
-    import pyarrow as pa
-    import pyarrow.dataset as ds
-    from tqdm import tqdm
-
-    from infra.activation_store import activations_numpy, open_activations, read_manifest
-
-    manifest = read_manifest(args.uri)
-    hookpoint = args.hookpoint or manifest["hookpoints"][0]
-    dataset = open_activations(args.uri, hookpoint)
-    condition = None
-    for column, value in (("seq_id", args.seq_id), ("token_id", args.token_id)):
-        if value is not None:
-            term = ds.field(column) == value
-            condition = term if condition is None else condition & term
-    tables, rows = [], 0
-    fragments = list(dataset.get_fragments(filter=condition))
-    for fragment in tqdm(fragments, desc="shards", unit="shard", disable=None, leave=False, file=sys.stderr):
-        if rows >= args.limit:
-            break
-        table = fragment.to_table(filter=condition) if condition is not None else fragment.to_table()
-        table = table.slice(0, args.limit - rows)
-        tables.append(table)
-        rows += table.num_rows
-    print(f"harvest {args.uri}\nmodel {manifest.get('model')}  hookpoint {hookpoint}  d_model {manifest.get('d_model')}  "
-          f"rows {manifest.get('num_rows')}  hookpoints {', '.join(manifest['hookpoints'])}")
-    if not rows:
-        print("no rows match")
-        return EXIT_OK
-    table = pa.concat_tables(tables)
-    acts = activations_numpy(table).astype(np.float32)
-    frame = pd.DataFrame({
-        "seq_id": table.column("seq_id").to_numpy(),
-        "pos": table.column("pos").to_numpy(),
-        "token_id": table.column("token_id").to_numpy(),
-        "norm": np.linalg.norm(acts, axis=1),
-        f"first {args.values} values": [" ".join(f"{v:+.3f}" for v in row[: args.values]) for row in acts],
-    })
-    print(frame.to_string(index=False))
-    return EXIT_OK
-
-
-def query_results(args: argparse.Namespace) -> int:
-    import pandas as pd
-
-    from infra.sweep_run import read_results
-
-    frame = read_results(args.results)
-    columns = [c for c in args.columns.split(",") if c in frame.columns] if args.columns else list(frame.columns)
-    with pd.option_context("display.width", 200, "display.max_columns", None, "display.max_colwidth", 60):
-        print(frame[columns].to_string(index=False))
-    return EXIT_OK
-
-
 def cmd_query(args: argparse.Namespace) -> int:
-    if (args.uri is None) == (args.results is None):
-        print("saeflow query: error: give either HARVEST_URI or --results RESULTS.parquet", file=sys.stderr)
-        return EXIT_USAGE
-    if args.limit < 1:
-        print("saeflow query: error: --limit must be >= 1", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        return query_results(args) if args.results else query_activations(args)
-    except (FileNotFoundError, KeyError, ValueError, OSError) as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"saeflow query: error: {message}", file=sys.stderr)
-        return EXIT_FAILED
+    from flows.query import cmd_query as run_query
+
+    return run_query(args)
 
 
 # --------------------------------------------------------------------------- serve / deploy
@@ -277,12 +229,42 @@ def load_serve():
     return serve
 
 
+def serve_argv(args: argparse.Namespace) -> list[str]:
+    """flows.serve.main's argv from the options parsed here (argparse.REMAINDER refused '--no-server')."""
+    argv = ["--port", str(args.port)]
+    if args.pool:
+        argv += ["--pool", args.pool]
+    return argv + (["--no-server"] if args.no_server else [])
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     serve = load_serve()
     if serve is None:
         return EXIT_FAILED
-    result = serve.main(list(args.serve_args))
+    try:
+        result = serve.main(serve_argv(args))
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except Exception as error:  # noqa: BLE001 - server/worker start failures: one line, logs are in the message
+        if args.traceback:
+            raise
+        print(f"saeflow serve: failed: {one_line(error)}", file=sys.stderr)
+        return EXIT_FAILED
     return result if isinstance(result, int) else EXIT_OK
+
+
+def server_answers(api_url: str, timeout: float = 3.0) -> bool:
+    """Whether anything answers HTTP at api_url (any status: Cloud may refuse /health without a key)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{api_url.rstrip('/')}/health", timeout=timeout):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except (OSError, ValueError):
+        return False
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
@@ -290,7 +272,18 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     if serve is None:
         return EXIT_FAILED
     api_url = args.api_url or os.environ.get("PREFECT_API_URL") or DEFAULT_API_URL
-    names = serve.deploy_all(api_url)
+    # `prefect deploy` against no server ends in a long traceback; say it in one line instead.
+    if not server_answers(api_url):
+        print(f"saeflow deploy: error: no Prefect server answers at {api_url}: start one with `saeflow serve` "
+              "or pass --api-url (or set PREFECT_API_URL)", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        names = serve.deploy_all(api_url)
+    except Exception as error:  # noqa: BLE001 - prefect deploy's own output is long; keep its last line
+        if args.traceback:
+            raise
+        print(f"saeflow deploy: failed: {one_line(error)}", file=sys.stderr)
+        return EXIT_FAILED
     for name in names or []:
         print(f"deployed: {name}")
     return EXIT_OK
@@ -330,18 +323,23 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--seq-id", type=int, help="Only rows of this context.")
     query.add_argument("--token-id", type=int, help="Only rows of this token id.")
     query.add_argument("--limit", type=int, default=10, help="Most rows to print (default 10).")
-    query.add_argument("--values", type=int, default=4, help="Activation values shown per row (default 4).")
+    query.add_argument("--values", type=int, default=4, help="Activation values shown per row (default 4, 0 hides them).")
     query.add_argument("--columns", help="Comma-separated results columns to show (default: all).")
     query.set_defaults(handler=cmd_query)
 
     serve = sub.add_parser("serve", help="Start the Prefect server, work pool and worker (flows.serve.main).",
                            description="Start the Prefect server, work pool and worker (flows.serve.main).")
-    serve.add_argument("serve_args", nargs=argparse.REMAINDER, metavar="...",
-                       help="Passed to flows.serve.main (e.g. --port 4200 --pool saeflow --no-server).")
+    # Explicit options, not argparse.REMAINDER: REMAINDER after a subcommand rejects '--no-server'.
+    serve.add_argument("--port", type=int, default=4200, help="Port of the local server on 127.0.0.1 (default 4200).")
+    serve.add_argument("--pool", help="Process work pool of the worker (default: flows.serve's saeflow-local).")
+    serve.add_argument("--no-server", action="store_true",
+                       help="Start no server: use the one at PREFECT_API_URL (shared server / Prefect Cloud).")
+    serve.add_argument("--traceback", action="store_true", help="Re-raise failures with the full traceback.")
     serve.set_defaults(handler=cmd_serve)
     deploy = sub.add_parser("deploy", help="Register the harvest/sweep/diff deployments (flows.serve.deploy_all).",
                             description="Register the harvest/sweep/diff deployments (flows.serve.deploy_all).")
     deploy.add_argument("--api-url", help=f"Prefect API URL (default: $PREFECT_API_URL or {DEFAULT_API_URL}).")
+    deploy.add_argument("--traceback", action="store_true", help="Re-raise failures with the full traceback.")
     deploy.set_defaults(handler=cmd_deploy)
     return parser
 

@@ -5,53 +5,32 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from prefect import flow
-from pydantic import BaseModel, Field
 
 from flows.harvest import HarvestSpec, harvest
+from flows.preflight import PreflightError, preflight
+from flows.specs import SweepSpec  # the spec is Prefect-free (the CLI imports it alone); re-exported here
+from infra.hookpoint_names import HookpointError
 from infra.storage import absolute_root
+from infra.sweep_grid import SweepSpecError
 from tasks.credentials import apply_storage_secret
 from tasks.sweep import plan_sweep_task, report_task, track_task, train_groups_task, write_results_task
 
 
-class SweepSpec(BaseModel):
-    """The grid, its data, its budget and where results go."""
-
-    name: str = Field("sweep", description="Readable name; part of the sweep id.")
-    harvest: str | None = Field(None, description="URI of a stored harvest; when empty, harvest_spec is run first (cached).")
-    harvest_spec: HarvestSpec = Field(default_factory=HarvestSpec, description="Harvest to run when no stored harvest is given.")
-    hookpoint: str = Field("blocks.6.hook_resid_post", description="Hookpoint whose activations the SAEs learn.")
-    architectures: list[str] = Field(["topk", "relu"], min_length=1, description="relu, topk, batchtopk, jumprelu, gated.")
-    expansion_factors: list[float] = Field([8.0], min_length=1, description="Dictionary sizes as multiples of d_model.")
-    ks: list[int] = Field([32], min_length=1, description="k values (topk, batchtopk).")
-    sparsity_coefficients: list[float] = Field([5.0], min_length=1, description="L1 / L0 weights (relu, jumprelu, gated).")
-    lrs: list[float] = Field([3e-4], min_length=1, description="Peak learning rates.")
-    seeds: list[int] = Field([0], min_length=1, description="Initialisation seeds.")
-    train_tokens: int = Field(2_000_000, ge=1, description="Training tokens per SAE.")
-    batch_size: int = Field(4096, ge=1, description="Tokens per batch.")
-    warmup_steps: int = Field(100, ge=0, description="Learning-rate warm-up steps.")
-    autocast_bf16: Literal["cuda", "always", "never"] = Field(
-        "cuda", description="bf16 autocast of the SAE products: on CUDA, also on CPUs (fast on AVX512-BF16/AMX), or never."
-    )
-    eval_contexts: int = Field(16, ge=1, description="Held-out contexts (never trained on) for evaluation.")
-    splice_contexts: int = Field(8, ge=0, description="Held-out contexts for CE loss recovered / KL (0 skips the model).")
-    checkpoint_every: int = Field(200, ge=1, description="Steps between resumable checkpoints.")
-    shuffle_buffer: int = Field(65_536, ge=1, description="Rows in the shuffle buffer mixing shards.")
-    max_group_size: int = Field(8, ge=1, description="Most SAEs trained on one shared stream.")
-    num_actors: int = Field(1, ge=1, description="Training actors (one GPU each where there are GPUs).")
-    root: str = Field("./artifacts", description="Storage root: a path, file:// or s3:// URL.")
-    ray_address: str | None = Field(None, description="Ray cluster address; local loopback-only Ray when empty.")
-    storage_secret: str | None = Field(None, description="Prefect Secret block with S3 credentials; else the environment.")
-    wandb_project: str = Field("saeflow", description="W&B project; runs are grouped by sweep id.")
-    wandb_mode: str | None = Field(None, description="online / offline / disabled; offline unless WANDB_API_KEY is set.")
+class SweepPreflightError(PreflightError, SweepSpecError):
+    """A preflight failure inside the sweep flow: catchable as either."""
 
 
 @flow(name="sweep", log_prints=True)
 def sweep(spec: SweepSpec = SweepSpec()) -> str:
     """Harvest (cached) -> plan grid -> train groups on Ray -> results table -> report -> W&B."""
     apply_storage_secret(spec.storage_secret)
+    try:
+        preflight(spec)  # UI-triggered runs fail in milliseconds too, before any harvest or training
+    except PreflightError as error:
+        if isinstance(error, HookpointError):
+            raise  # already the error callers catch for hookpoints
+        raise SweepPreflightError(error.key, error.rule) from None
     values = spec.model_dump()
     values["root"] = absolute_root(spec.root)
     harvest_uri = spec.harvest or harvest(spec.harvest_spec.model_copy(update={"root": values["root"]}))

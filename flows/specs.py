@@ -1,0 +1,172 @@
+"""The flow parameters (HarvestSpec, SweepSpec, DiffSpec), free of Prefect, torch and Ray.
+
+The CLI builds and validates specs without importing any of them (a spec error is reported in
+milliseconds, not after a ~10 s import), and every rule that needs no file, model or network
+lives here as a pydantic constraint or validator, so the Prefect UI's forms reject the same
+values. Checks that read files or the environment are in flows.preflight.
+flows.harvest / flows.sweep / flows.diff re-export these classes.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+from infra.hookpoint_names import Hookpoint
+
+ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu", "gated")
+Architecture = Literal["relu", "topk", "batchtopk", "jumprelu", "gated"]
+PositiveInt = Annotated[int, Field(ge=1)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+WandbMode = Literal["online", "offline", "disabled"]
+
+
+def check_hookpoint(name: str) -> str:
+    """The name, if it follows the hookpoint grammar (a ValueError naming the allowed forms otherwise)."""
+    Hookpoint.parse(name)  # HookpointError is a ValueError: pydantic reports it against the field
+    return name
+
+
+def check_order(spec: BaseModel, small: str, large: str, rule: str) -> None:
+    """spec.small <= spec.large, after validation (a field validator would skip unset defaults)."""
+    if getattr(spec, small) > getattr(spec, large):
+        raise ValueError(f"{small}={getattr(spec, small)} must be <= {large}={getattr(spec, large)} ({rule})")
+
+
+class HarvestSpec(BaseModel):
+    """What to harvest, on which tokens, and where to put it."""
+
+    model: str = Field("smollm2-135m", min_length=1, description="Hugging Face id, local model directory, or 'smollm2-135m' (packaged, offline).")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit), e.g. 'step3000' for Pythia.")
+    hookpoints: list[str] = Field(["blocks.6.hook_resid_post"], min_length=1, description="SAELens-style names, e.g. blocks.6.hook_resid_post.")
+    source: str = Field("builtin:pydoc", min_length=1, description="Text: file / directory / glob (.txt .jsonl .parquet), 'hf:NAME[:SPLIT]' or 'builtin:pydoc'.")
+    tokenizer: str | None = Field(None, description="Model whose tokenizer to use; defaults to the model itself.")
+    context_length: int = Field(128, ge=2, description="Tokens per context, BOS included.")
+    num_tokens: int = Field(32_768, ge=2, description="Tokens to harvest (whole contexts).")
+    seed: int = Field(0, description="Seed of the context shuffle.")
+    text_column: str = Field("text", description="Text column / key of .jsonl, .parquet and HF sources.")
+    dtype: Literal["float16", "float32"] = Field("float16", description="Stored activation dtype (Parquet has no bfloat16).")
+    root: str = Field("./artifacts", min_length=1, description="Storage root: a path, file:// or s3:// URL.")
+    num_actors: int = Field(1, ge=1, description="Ray actors (one GPU each where there are GPUs).")
+    contexts_per_shard: int = Field(64, ge=1, description="Contexts per Parquet shard.")
+    batch_contexts: int = Field(16, ge=1, description="Contexts per forward pass.")
+    ray_address: str | None = Field(None, description="Ray cluster address; local loopback-only Ray when empty.")
+    storage_secret: str | None = Field(
+        None, description="Prefect Secret block with S3 credentials / endpoint (JSON: AWS_ACCESS_KEY_ID, ...); else the environment."
+    )
+
+    @field_validator("hookpoints")
+    @classmethod
+    def _hookpoints(cls, names: list[str]) -> list[str]:
+        for name in names:
+            check_hookpoint(name)
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"hookpoint(s) {repeated} listed twice: each hookpoint once")
+        return names
+
+    @model_validator(mode="after")
+    def _whole_context(self) -> HarvestSpec:
+        check_order(self, "context_length", "num_tokens", "at least one whole context")
+        return self
+
+    def model_ref(self) -> str:
+        """model@revision."""
+        return f"{self.model}@{self.revision}" if self.revision else self.model
+
+
+class SweepSpec(BaseModel):
+    """The grid, its data, its budget and where results go."""
+
+    name: str = Field("sweep", min_length=1, description="Readable name; part of the sweep id.")
+    harvest: str | None = Field(None, description="URI of a stored harvest; when empty, harvest_spec is run first (cached).")
+    harvest_spec: HarvestSpec = Field(default_factory=HarvestSpec, description="Harvest to run when no stored harvest is given.")
+    hookpoint: str = Field("blocks.6.hook_resid_post", description="Hookpoint whose activations the SAEs learn.")
+    architectures: list[Architecture] = Field(["topk", "relu"], min_length=1, description="relu, topk, batchtopk, jumprelu, gated.")
+    expansion_factors: list[PositiveFloat] = Field([8.0], min_length=1, description="Dictionary sizes as multiples of d_model (> 0).")
+    ks: list[PositiveInt] = Field([32], min_length=1, description="k values (topk, batchtopk), >= 1.")
+    sparsity_coefficients: list[NonNegativeFloat] = Field([5.0], min_length=1, description="L1 / L0 weights (relu, jumprelu, gated), >= 0.")
+    lrs: list[PositiveFloat] = Field([3e-4], min_length=1, description="Peak learning rates (> 0).")
+    seeds: list[int] = Field([0], min_length=1, description="Initialisation seeds.")
+    train_tokens: int = Field(2_000_000, ge=1, description="Training tokens per SAE.")
+    batch_size: int = Field(4096, ge=1, description="Tokens per batch (<= train_tokens).")
+    warmup_steps: int = Field(100, ge=0, description="Learning-rate warm-up steps.")
+    autocast_bf16: Literal["cuda", "always", "never"] = Field(
+        "cuda", description="bf16 autocast of the SAE products: on CUDA, also on CPUs (fast on AVX512-BF16/AMX), or never."
+    )
+    eval_contexts: int = Field(16, ge=1, description="Held-out contexts (never trained on) for evaluation.")
+    splice_contexts: int = Field(8, ge=0, description="Held-out contexts for CE loss recovered / KL (0 skips the model).")
+    checkpoint_every: int = Field(200, ge=1, description="Steps between resumable checkpoints.")
+    shuffle_buffer: int = Field(65_536, ge=1, description="Rows in the shuffle buffer mixing shards.")
+    max_group_size: int = Field(8, ge=1, description="Most SAEs trained on one shared stream.")
+    num_actors: int = Field(1, ge=1, description="Training actors (one GPU each where there are GPUs).")
+    root: str = Field("./artifacts", min_length=1, description="Storage root: a path, file:// or s3:// URL.")
+    ray_address: str | None = Field(None, description="Ray cluster address; local loopback-only Ray when empty.")
+    storage_secret: str | None = Field(None, description="Prefect Secret block with S3 credentials; else the environment.")
+    wandb_project: str = Field("saeflow", description="W&B project; runs are grouped by sweep id.")
+    wandb_mode: WandbMode | None = Field(None, description="online / offline / disabled; offline unless WANDB_API_KEY is set.")
+
+    _hookpoint = field_validator("hookpoint")(check_hookpoint)
+
+    @model_validator(mode="after")
+    def _one_batch(self) -> SweepSpec:
+        check_order(self, "batch_size", "train_tokens", "at least one training step")
+        return self
+
+
+class DiffSpec(BaseModel):
+    """The checkpoints, the shared token spec, the crosscoder and where the diff goes."""
+
+    models: list[str] = Field(..., min_length=2, description="Two or more refs: name@revision or local checkpoint dirs (A first, B last).")
+    hookpoint: str = Field("blocks.1.hook_resid_post", description="Hookpoint compared across the checkpoints.")
+    source: str = Field("builtin:pydoc", min_length=1, description="Text for the shared token spec (see the harvest flow).")
+    context_length: int = Field(64, ge=2, description="Tokens per context.")
+    num_tokens: int = Field(65_536, ge=2, description="Tokens harvested per checkpoint.")
+    text_column: str = Field("text", description="Text column of .jsonl / .parquet / HF sources.")
+    dtype: Literal["float16", "float32"] = Field("float16", description="Stored activation dtype.")
+    architecture: Literal["relu", "batchtopk"] = Field("relu", description="relu (L1 on summed decoder norms) or batchtopk.")
+    expansion_factor: float = Field(8.0, gt=0, description="Latents as a multiple of d_model.")
+    k: int = Field(32, ge=1, description="k of the BatchTopK crosscoder.")
+    sparsity_coefficient: float = Field(1.0, ge=0, description="L1 weight of the relu crosscoder.")
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate.")
+    train_tokens: int = Field(1_000_000, ge=1, description="Training tokens.")
+    batch_size: int = Field(1024, ge=1, description="Tokens per batch (<= train_tokens).")
+    warmup_steps: int = Field(50, ge=0, description="Learning-rate warm-up steps.")
+    eval_contexts: int = Field(32, ge=1, description="Held-out contexts for the diff statistics.")
+    checkpoint_every: int = Field(200, ge=1, description="Steps between resumable checkpoints.")
+    shuffle_buffer: int = Field(65_536, ge=0, description="Rows in the shuffle buffer.")
+    shared_band: tuple[float, float] = Field((0.3, 0.7), description="Relative-norm band of shared latents (0 <= low < high <= 1).")
+    exclusive_margin: float = Field(0.1, ge=0, le=0.5, description="Relative norm below which a latent is A-only (above 1 - it: B-only).")
+    seed: int = Field(0, description="Seed of tokens, stream and initialisation.")
+    root: str = Field("./artifacts", min_length=1, description="Storage root: a path, file:// or s3:// URL.")
+    num_actors: int = Field(1, ge=1, description="Harvest actors per checkpoint.")
+    ray_address: str | None = Field(None, description="Ray cluster address; local loopback-only Ray when empty.")
+    storage_secret: str | None = Field(None, description="Prefect Secret block with S3 credentials; else the environment.")
+    wandb_project: str = Field("saeflow", description="W&B project.")
+    wandb_mode: WandbMode | None = Field(None, description="online / offline / disabled; offline unless WANDB_API_KEY is set.")
+
+    _hookpoint = field_validator("hookpoint")(check_hookpoint)
+
+    @field_validator("models")
+    @classmethod
+    def _distinct(cls, models: list[str]) -> list[str]:
+        repeated = sorted({m for m in models if models.count(m) > 1})
+        if repeated:
+            raise ValueError(f"model reference(s) {repeated} repeat: each checkpoint once")
+        return models
+
+    @model_validator(mode="after")
+    def _sizes(self) -> DiffSpec:
+        check_order(self, "context_length", "num_tokens", "at least one whole context")
+        check_order(self, "batch_size", "train_tokens", "at least one training step")
+        return self
+
+    @field_validator("shared_band")
+    @classmethod
+    def _band(cls, band: tuple[float, float]) -> tuple[float, float]:
+        low, high = band
+        if not 0 <= low < high <= 1:
+            raise ValueError(f"({low}, {high}) is not a band: 0 <= low < high <= 1")
+        return band
