@@ -9,23 +9,13 @@ Run: `python -m flows.demo` (or `make demo`).
 from __future__ import annotations
 
 from prefect import flow
-from pydantic import BaseModel, Field
 
 from flows.diff import DiffSpec, diff
 from flows.harvest import HarvestSpec, harvest
 from flows.sweep import SweepSpec, sweep
+from flows.specs import DemoSpec  # re-exported: the flow's parameter type
 from infra.storage import absolute_root
 from tasks.demo import demo_summary_task, make_checkpoint_pair_task
-
-
-class DemoSpec(BaseModel):
-    """Budget knobs of the demo; defaults finish in a few minutes on 2 CPU cores."""
-
-    root: str = Field("./artifacts", description="Storage root for every stage.")
-    harvest_tokens: int = Field(24_576, ge=256, description="Tokens harvested from SmolLM2-135M.")
-    hookpoints: list[str] = Field(["blocks.6.hook_resid_post", "blocks.12.hook_resid_post"], min_length=1, description="Hookpoints harvested.")
-    sweep_tokens: int = Field(131_072, ge=1024, description="Training tokens per SAE of the sweep.")
-    diff_tokens: int = Field(8_192, ge=512, description="Tokens harvested per checkpoint for the diff.")
 
 
 @flow(name="saeflow-demo", log_prints=True)

@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from flows.specs import DiffSpec, HarvestSpec, SweepSpec
+from flows.specs import DemoSpec, DiffSpec, HarvestSpec, SweepSpec, SyntheticDemoSpec
 from infra.hookpoint_names import Hookpoint, HookpointError
 from infra.model_refs import PACKAGED_SMOLLM2, SUPPORTED_FAMILIES, ModelError, ModelRef, model_cache_root
 
@@ -50,9 +50,11 @@ class HookpointRangeError(PreflightError, HookpointError):
     """A hookpoint beyond the model's depth; catchable as infra.hookpoints.HookpointError too."""
 
 
-def preflight(spec: HarvestSpec | SweepSpec | DiffSpec) -> None:
+def preflight(spec: HarvestSpec | SweepSpec | DiffSpec | DemoSpec | SyntheticDemoSpec) -> None:
     """Run every compute-free check of a spec; raises the first PreflightError."""
-    if isinstance(spec, HarvestSpec):
+    if isinstance(spec, (DemoSpec, SyntheticDemoSpec)):
+        check_storage(spec.root, "root", None, secret_hint=False)
+    elif isinstance(spec, HarvestSpec):
         check_harvest(spec)
     elif isinstance(spec, SweepSpec):
         check_sweep(spec)

@@ -15,7 +15,7 @@ from uuid import UUID
 
 import pytest
 
-from flows.serve import create_pool_and_worker, deploy_all, start_server
+from saeflow.serve import create_pool_and_worker, deploy_all, start_server
 
 pytestmark = pytest.mark.e2e
 

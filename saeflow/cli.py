@@ -1,5 +1,6 @@
 """`saeflow`: run the flows from a YAML spec, inspect what they stored, serve and deploy them.
 
+    saeflow demo                       (what `make demo` runs)
     saeflow harvest spec.yaml --set num_tokens=4096 --set hookpoints=[blocks.1.hook_resid_post]
     saeflow sweep sweep.yaml --set harvest_spec.num_tokens=100000
     saeflow diff diff.yaml
@@ -20,145 +21,26 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
+
+from saeflow.spec_input import SpecError, build_spec, check_spec
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DEFAULT_API_URL = "http://127.0.0.1:4200/api"
 
 
-class SpecError(Exception):
-    """A spec that cannot be built; the message is one line naming where and what."""
-
-
-# --------------------------------------------------------------------------- specs
-
-
-def spec_classes() -> dict[str, type[BaseModel]]:
-    """The flow specs by subcommand, from flows.specs: no Prefect, torch or Ray is imported to validate."""
-    from flows.specs import DiffSpec, HarvestSpec, SweepSpec
-
-    return {"harvest": HarvestSpec, "sweep": SweepSpec, "diff": DiffSpec}
-
-
-def load_yaml(path: str | None) -> dict[str, Any]:
-    """The YAML mapping in path ({} without a path); SpecError with line and column on bad syntax."""
-    if path is None:
-        return {}
-    try:
-        text = Path(path).read_text()
-    except OSError as error:
-        raise SpecError(f"{path}: cannot read: {error.strerror or error}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "somewhere"
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise SpecError(f"{path}: invalid YAML at {where}: {problem}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise SpecError(f"{path}: the top level must be a mapping of spec keys, got {type(data).__name__}")
-    return data
-
-
-def apply_override(data: dict[str, Any], assignment: str, origins: dict[str, str]) -> None:
-    """Apply one `key=value` (dotted key for nested specs, value parsed as YAML) to data in place."""
-    key, sep, raw = assignment.partition("=")
-    key = key.strip()
-    if not sep or not key:
-        raise SpecError(f"--set {assignment!r}: expected KEY=VALUE, e.g. --set num_tokens=4096")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as error:
-        raise SpecError(f"--set {key}: value {raw!r} is not valid YAML: {getattr(error, 'problem', error)}") from None
-    parts = key.split(".")
-    target = data
-    for depth, part in enumerate(parts[:-1]):
-        child = target.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise SpecError(f"--set {key}: {'.'.join(parts[: depth + 1])} is not a nested spec")
-        target = child
-    target[parts[-1]] = value
-    origins[key] = f"--set {key}"
-
-
-def nested_model(annotation: Any) -> type[BaseModel] | None:
-    """The pydantic model a field holds (directly or as Optional[...]), if any."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()) or ():
-        if isinstance(arg, type) and issubclass(arg, BaseModel):
-            return arg
-    return None
-
-
-def check_keys(cls: type[BaseModel], data: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
-    """Dotted keys of data that cls (and its nested specs) does not have; the specs themselves ignore them."""
-    unknown = []
-    for key, value in data.items():
-        field = cls.model_fields.get(key)
-        if field is None:
-            unknown.append((f"{prefix}{key}", cls.__name__))
-            continue
-        inner = nested_model(field.annotation)
-        if inner is not None and isinstance(value, dict):
-            unknown += check_keys(inner, value, f"{prefix}{key}.")
-    return unknown
-
-
-def origin_of(key: str, origins: dict[str, str], path: str | None) -> str:
-    """Where a (dotted) key was set, as a message prefix: '--set KEY' or 'FILE: KEY'."""
-    for set_key in origins:
-        if key == set_key or key.startswith(set_key + ".") or set_key.startswith(key + "."):
-            return f"--set {key}"
-    return f"{path or 'defaults'}: {key}"
-
-
-def build_spec(command: str, path: str | None, overrides: Sequence[str]) -> BaseModel:
-    """YAML + overrides -> the validated spec of command; SpecError (one line) otherwise."""
-    cls = spec_classes()[command]
-    data = load_yaml(path)
-    origins: dict[str, str] = {}
-    for assignment in overrides:
-        apply_override(data, assignment, origins)
-    unknown = check_keys(cls, data)
-    if unknown:
-        messages = [f"{origin_of(key, origins, path)}: unknown key (not a field of {owner})" for key, owner in unknown]
-        raise SpecError("; ".join(messages))
-    try:
-        return cls.model_validate(data)
-    except ValidationError as error:
-        messages = []
-        for item in error.errors():
-            key = ".".join(str(part) for part in item["loc"])
-            rule = item["msg"].removeprefix("Value error, ")
-            if not key:  # a rule across fields (it names them itself)
-                messages.append(f"{path or 'spec'}: {rule}")
-            elif item["type"] == "missing":
-                messages.append(f"{origin_of(key, origins, path)}: required, not set")
-            else:
-                messages.append(f"{origin_of(key, origins, path)}: {rule} (got {item.get('input')!r})")
-        raise SpecError("; ".join(messages)) from None
-
-
-def check_spec(spec: BaseModel, path: str | None, overrides: Sequence[str]) -> None:
-    """flows.preflight's compute-free checks (files, configs, manifests, S3 settings) as a SpecError."""
-    from flows.preflight import PreflightError, preflight
-
-    try:
-        preflight(spec)
-    except PreflightError as error:
-        origins = {a.partition("=")[0].strip(): "" for a in overrides}
-        raise SpecError(f"{origin_of(error.key, origins, path)}: {error.rule}") from None
-
-
 def run_flow(command: str, spec: BaseModel) -> list[tuple[str, str]]:
     """Run the flow now; returns (label, uri) pairs to print, the main result first."""
+    if command == "demo":
+        from flows.demo import demo
+
+        return [("demo summary", demo(spec))]
+    if command == "synthetic-demo":
+        from flows.synthetic_demo import synthetic_demo
+
+        return [("report", synthetic_demo(spec))]
     if command == "harvest":
         from flows.harvest import harvest
 
@@ -194,13 +76,17 @@ def cmd_flow(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), end="")
         return EXIT_OK
+    from saeflow.runtime import EXIT_INTERRUPTED, run_from_terminal
+
     try:
-        outputs = run_flow(args.command, spec)
+        outputs = run_from_terminal(lambda: run_flow(args.command, spec), args.command)
     except Exception as error:  # noqa: BLE001 - the CLI reports, the traceback is in the Prefect logs
         if args.traceback:
             raise
         print(f"saeflow {args.command}: failed: {one_line(error)}", file=sys.stderr)
         return EXIT_FAILED
+    if outputs == EXIT_INTERRUPTED:
+        return EXIT_INTERRUPTED
     for label, uri in outputs:
         print(f"{label}: {uri}")
     return EXIT_OK
@@ -210,7 +96,7 @@ def cmd_flow(args: argparse.Namespace) -> int:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    from flows.query import cmd_query as run_query
+    from saeflow.query import cmd_query as run_query
 
     return run_query(args)
 
@@ -218,19 +104,8 @@ def cmd_query(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- serve / deploy
 
 
-def load_serve():
-    try:
-        import flows.serve as serve
-    except ModuleNotFoundError as error:
-        if error.name != "flows.serve":
-            raise
-        print("saeflow: error: flows/serve.py is not available in this installation", file=sys.stderr)
-        return None
-    return serve
-
-
 def serve_argv(args: argparse.Namespace) -> list[str]:
-    """flows.serve.main's argv from the options parsed here (argparse.REMAINDER refused '--no-server')."""
+    """saeflow.serve.main's argv from the options parsed here (argparse.REMAINDER refused '--no-server')."""
     argv = ["--port", str(args.port)]
     if args.pool:
         argv += ["--pool", args.pool]
@@ -238,9 +113,8 @@ def serve_argv(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    serve = load_serve()
-    if serve is None:
-        return EXIT_FAILED
+    from saeflow import serve
+
     try:
         result = serve.main(serve_argv(args))
     except KeyboardInterrupt:
@@ -268,9 +142,8 @@ def server_answers(api_url: str, timeout: float = 3.0) -> bool:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    serve = load_serve()
-    if serve is None:
-        return EXIT_FAILED
+    from saeflow import serve
+
     api_url = args.api_url or os.environ.get("PREFECT_API_URL") or DEFAULT_API_URL
     # `prefect deploy` against no server ends in a long traceback; say it in one line instead.
     if not server_answers(api_url):
@@ -289,10 +162,13 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+
 # --------------------------------------------------------------------------- parser
 
 
 FLOW_HELP = {
+    "demo": "The whole pipeline offline on embedded defaults (DemoSpec): harvest, sweep, diff, reports.",
+    "synthetic-demo": "SAEs of every architecture on synthetic activations with known features (SyntheticDemoSpec).",
     "harvest": "Harvest LM activations to Parquet (HarvestSpec) and print the harvest URI.",
     "sweep": "Train and evaluate a grid of SAEs on a harvest (SweepSpec) and print the report/results URIs.",
     "diff": "Diff two or more checkpoints with a crosscoder (DiffSpec) and print the report URI.",
@@ -327,17 +203,17 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--columns", help="Comma-separated results columns to show (default: all).")
     query.set_defaults(handler=cmd_query)
 
-    serve = sub.add_parser("serve", help="Start the Prefect server, work pool and worker (flows.serve.main).",
-                           description="Start the Prefect server, work pool and worker (flows.serve.main).")
+    serve = sub.add_parser("serve", help="Start the Prefect server, work pool and worker (saeflow.serve.main).",
+                           description="Start the Prefect server, work pool and worker (saeflow.serve.main).")
     # Explicit options, not argparse.REMAINDER: REMAINDER after a subcommand rejects '--no-server'.
     serve.add_argument("--port", type=int, default=4200, help="Port of the local server on 127.0.0.1 (default 4200).")
-    serve.add_argument("--pool", help="Process work pool of the worker (default: flows.serve's saeflow-local).")
+    serve.add_argument("--pool", help="Process work pool of the worker (default: saeflow.serve's saeflow-local).")
     serve.add_argument("--no-server", action="store_true",
                        help="Start no server: use the one at PREFECT_API_URL (shared server / Prefect Cloud).")
     serve.add_argument("--traceback", action="store_true", help="Re-raise failures with the full traceback.")
     serve.set_defaults(handler=cmd_serve)
-    deploy = sub.add_parser("deploy", help="Register the harvest/sweep/diff deployments (flows.serve.deploy_all).",
-                            description="Register the harvest/sweep/diff deployments (flows.serve.deploy_all).")
+    deploy = sub.add_parser("deploy", help="Register the harvest/sweep/diff deployments (saeflow.serve.deploy_all).",
+                            description="Register the harvest/sweep/diff deployments (saeflow.serve.deploy_all).")
     deploy.add_argument("--api-url", help=f"Prefect API URL (default: $PREFECT_API_URL or {DEFAULT_API_URL}).")
     deploy.add_argument("--traceback", action="store_true", help="Re-raise failures with the full traceback.")
     deploy.set_defaults(handler=cmd_deploy)

@@ -17,7 +17,7 @@ import pytest
 import flows.diff  # noqa: F401
 import flows.harvest  # noqa: F401
 import flows.sweep  # noqa: F401
-from flows.cli import build_parser, main, serve_argv
+from saeflow.cli import build_parser, main, serve_argv
 from tests.infra.tiny_models import build_tiny_model
 
 HOOKPOINT = "blocks.1.hook_resid_post"
@@ -185,7 +185,7 @@ def test_deploy_without_a_server_is_one_line(capsys):
 # Runs the CLI in a fresh interpreter and reports which heavy frameworks it imported.
 PROBE = """
 import sys
-from flows.cli import build_parser, main, serve_argv
+from saeflow.cli import build_parser, main, serve_argv
 code = main(sys.argv[1:])
 print("HEAVY=" + ",".join(m for m in ("torch", "prefect", "ray") if m in sys.modules), file=sys.stderr)
 sys.exit(code)
