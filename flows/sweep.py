@@ -29,6 +29,10 @@ class SweepSpec(BaseModel):
     sparsity_coefficients: list[float] = Field([5.0], min_length=1, description="L1 / L0 weights (relu, jumprelu, gated).")
     lrs: list[float] = Field([3e-4], min_length=1, description="Peak learning rates.")
     seeds: list[int] = Field([0], min_length=1, description="Initialisation seeds.")
+    stream_seed: int = Field(
+        0, ge=0, description="Seed of the training stream (shard order, shuffle). One per sweep, apart from the init seeds, "
+        "so SAEs that differ only in seed saw identical batches; part of every id."
+    )
     train_tokens: int = Field(2_000_000, ge=1, description="Training tokens per SAE.")
     batch_size: int = Field(4096, ge=1, description="Tokens per batch.")
     warmup_steps: int = Field(100, ge=0, description="Learning-rate warm-up steps.")
@@ -56,14 +60,12 @@ def sweep(spec: SweepSpec = SweepSpec()) -> str:
     values["root"] = absolute_root(spec.root)
     harvest_uri = spec.harvest or harvest(spec.harvest_spec.model_copy(update={"root": values["root"]}))
     planned = plan_sweep_task(values, harvest_uri)
-    settings = {key: values[key] for key in ("eval_contexts", "splice_contexts", "checkpoint_every", "shuffle_buffer")}
-    settings["stream_seed"] = spec.seeds[0]
-    train_groups_task(planned, settings, spec.num_actors, spec.ray_address)
+    train_groups_task(planned, spec.num_actors, spec.ray_address)
     results_uri = write_results_task(planned)
     report_uri = report_task(planned, results_uri)
     logged = track_task(planned, spec.wandb_project, spec.wandb_mode)
     print(f"sweep {planned['plan']['sweep_id']}: {len(planned['plan']['points'])} SAEs, "
-          f"{logged} W&B runs; results {results_uri}; report {report_uri}")
+          f"{logged} newly logged to W&B; results {results_uri}; report {report_uri}")
     return report_uri
 
 
