@@ -13,6 +13,7 @@ from infra.ids import spec_hash
 from infra.plots import sweep_plots
 from infra.storage import join, read_json, write_bytes_atomic
 from infra.sweep_grid import K_ARCHITECTURES, SweepPlan, group_points, memory_budget_bytes, plan_sweep
+from infra.sweep_report import below_random_note, data_note
 from infra.sweep_run import read_results, run_groups, write_results
 from infra.tracking import MARKER_FILE, log_once, run_files_dir
 from infra.training import HISTORY_FILE, is_finished, member_record
@@ -109,27 +110,6 @@ def report_task(planned: dict[str, Any], results_uri: str) -> str:
     create_table_artifact(table=table.to_dict(orient="records"), key="sweep-results", description=f"Sweep {plan.sweep_id}")
     create_markdown_artifact(markdown=markdown, key="sweep-report", description=f"Sweep {plan.sweep_id}")
     return report_uri
-
-
-def data_note(plan: SweepPlan) -> str:
-    """How often each SAE saw its data: the training stream silently loops over the harvest."""
-    epochs = plan.epochs(plan.total_steps * plan.batch_size)
-    note = (f"Training data: {plan.train_rows} rows after holding out {plan.eval_contexts} contexts; each SAE trained on "
-            f"{plan.total_steps * plan.batch_size} tokens = **{epochs:.2f} epochs**")
-    return note + (" (the stream looped: every row was seen more than once).\n\n" if epochs > 1 else ".\n\n")
-
-
-def below_random_note(frame: Any) -> str:
-    """Names the SAEs whose splice hurts the model more than random noise of the same size."""
-    if "ce_loss_recovered" not in frame or "ce_loss_recovered_random" not in frame:
-        return ""
-    below = frame[frame["ce_loss_recovered"] < frame["ce_loss_recovered_random"]]
-    if below.empty:
-        return ""
-    names = ", ".join(f"`{sae_id}`" for sae_id in below["sae_id"])
-    return (f"**Warning: {len(below)} SAE(s) recover less CE loss than their random-perturbation baseline** "
-            f"(ce_loss_recovered < ce_loss_recovered_random: the reconstruction error hurts the model more than "
-            f"noise of the same norm): {names}.\n\n")
 
 
 @task
