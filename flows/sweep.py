@@ -44,6 +44,8 @@ class SweepSpec(BaseModel):
     checkpoint_every: int = Field(200, ge=1, description="Steps between resumable checkpoints.")
     shuffle_buffer: int = Field(65_536, ge=1, description="Rows in the shuffle buffer mixing shards.")
     max_group_size: int = Field(8, ge=1, description="Most SAEs trained on one shared stream.")
+    # From here on: where and how the sweep runs and is logged, never what it computes, so none of
+    # these enters an id (nor max_group_size / checkpoint_every: see infra.sweep_grid.NOT_IN_IDS).
     num_actors: int = Field(1, ge=1, description="Training actors (one GPU each where there are GPUs).")
     root: str = Field("./artifacts", description="Storage root: a path, file:// or s3:// URL.")
     ray_address: str | None = Field(None, description="Ray cluster address; local loopback-only Ray when empty.")

@@ -76,7 +76,9 @@ def write_results_task(planned: dict[str, Any]) -> str:
     uri = write_results(plan)
     frame = read_results(uri)
     for row in frame[frame["epochs"] > 1].itertuples():
-        get_run_logger().warning("%s saw its %d training rows %.1f times (train_tokens %d)", row.sae_id, plan.train_rows, row.epochs, row.train_tokens)
+        get_run_logger().warning(
+            "%s saw its %d training rows %.1f times (train_tokens %d)", row.sae_id, plan.train_rows, row.epochs, row.train_tokens
+        )
     return uri
 
 
