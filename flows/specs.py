@@ -90,6 +90,10 @@ class SweepSpec(BaseModel):
     sparsity_coefficients: list[NonNegativeFloat] = Field([5.0], min_length=1, description="L1 / L0 weights (relu, jumprelu, gated), >= 0.")
     lrs: list[PositiveFloat] = Field([3e-4], min_length=1, description="Peak learning rates (> 0).")
     seeds: list[int] = Field([0], min_length=1, description="Initialisation seeds.")
+    stream_seed: int = Field(
+        0, ge=0, description="Seed of the training stream (shard order, shuffle). One per sweep, apart from the init seeds, "
+        "so SAEs that differ only in seed saw identical batches; part of every id."
+    )
     train_tokens: int = Field(2_000_000, ge=1, description="Training tokens per SAE.")
     batch_size: int = Field(4096, ge=1, description="Tokens per batch (<= train_tokens).")
     warmup_steps: int = Field(100, ge=0, description="Learning-rate warm-up steps.")
@@ -101,6 +105,8 @@ class SweepSpec(BaseModel):
     checkpoint_every: int = Field(200, ge=1, description="Steps between resumable checkpoints.")
     shuffle_buffer: int = Field(65_536, ge=1, description="Rows in the shuffle buffer mixing shards.")
     max_group_size: int = Field(8, ge=1, description="Most SAEs trained on one shared stream.")
+    # From here on: where and how the sweep runs and is logged, never what it computes, so none of
+    # these enters an id (nor max_group_size / checkpoint_every: see infra.sweep_grid.NOT_IN_IDS).
     num_actors: int = Field(1, ge=1, description="Training actors (one GPU each where there are GPUs).")
     root: str = Field("./artifacts", min_length=1, description="Storage root: a path, file:// or s3:// URL.")
     ray_address: str | None = Field(None, description="Ray cluster address; local loopback-only Ray when empty.")

@@ -35,14 +35,12 @@ def sweep(spec: SweepSpec = SweepSpec()) -> str:
     values["root"] = absolute_root(spec.root)
     harvest_uri = spec.harvest or harvest(spec.harvest_spec.model_copy(update={"root": values["root"]}))
     planned = plan_sweep_task(values, harvest_uri)
-    settings = {key: values[key] for key in ("eval_contexts", "splice_contexts", "checkpoint_every", "shuffle_buffer")}
-    settings["stream_seed"] = spec.seeds[0]
-    train_groups_task(planned, settings, spec.num_actors, spec.ray_address)
+    train_groups_task(planned, spec.num_actors, spec.ray_address)
     results_uri = write_results_task(planned)
     report_uri = report_task(planned, results_uri)
     logged = track_task(planned, spec.wandb_project, spec.wandb_mode)
     print(f"sweep {planned['plan']['sweep_id']}: {len(planned['plan']['points'])} SAEs, "
-          f"{logged} W&B runs; results {results_uri}; report {report_uri}")
+          f"{logged} newly logged to W&B; results {results_uri}; report {report_uri}")
     return report_uri
 
 

@@ -130,6 +130,12 @@ def iter_batches(spec: StreamSpec, start_batch: int = 0) -> Iterator[torch.Tenso
     return _consume(plan, start_batch)
 
 
+def count_rows(spec: StreamSpec) -> int:
+    """Rows one epoch of the stream holds (after seq_range and exclude_special), reading only small columns."""
+    plan = _plan(spec)
+    return sum(_count_rows(plan, shard) for shard in plan.shards)
+
+
 def _plan(spec: StreamSpec) -> _Plan:
     manifest = read_manifest(spec.harvest)
     if spec.hookpoint not in manifest["hookpoints"]:

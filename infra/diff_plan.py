@@ -47,8 +47,13 @@ def plan_diff(spec: dict[str, Any], harvests: list[str], d_model: int) -> DiffPl
     if total_steps < 1:
         raise DiffSpecError(f"train_tokens={spec['train_tokens']} must be >= batch_size={spec['batch_size']}")
     train_config = TrainConfig(total_steps=total_steps, lr=spec["lr"], warmup_steps=min(spec["warmup_steps"], total_steps))
-    identity = {"harvests": harvests, "crosscoder": crosscoder_config.to_dict(), "train": train_config.to_dict(),
-                "batch": spec["batch_size"], "eval": spec["eval_contexts"], "bands": [spec["shared_band"], spec["exclusive_margin"]]}
+    # Every setting that changes the crosscoder, its latents or the summary. The harvests' ids already
+    # carry models, tokens, dtype and hookpoint. Left out on purpose: checkpoint_every (resuming is
+    # exact), num_actors / ray_address / root / storage_secret / wandb_* (where and how it runs).
+    identity = {"harvests": harvests, "hookpoint": spec["hookpoint"], "crosscoder": crosscoder_config.to_dict(),
+                "train": train_config.to_dict(), "batch": spec["batch_size"], "eval": spec["eval_contexts"],
+                "shuffle_buffer": spec["shuffle_buffer"], "stream_seed": spec["seed"],
+                "bands": [list(spec["shared_band"]), spec["exclusive_margin"]]}
     slug = "-vs-".join(ModelRef.parse(m).name.rstrip("/").split("/")[-1] for m in spec["models"])[:60]
     return DiffPlan(
         diff_id=spec_id(slug, identity), root=spec["root"], models=spec["models"], harvests=harvests, hookpoint=spec["hookpoint"],

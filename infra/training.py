@@ -79,24 +79,22 @@ def feature_table(stats: FeatureStats) -> pa.Table:
     )
 
 
-def _restore(pending: Sequence[GroupMember], device: torch.device) -> tuple[list[SaeTrainer], int, list[list[dict]]]:
-    trainers, histories, start_batch = [], [], 0
+def _restore(pending: Sequence[GroupMember], device: torch.device) -> tuple[list[SaeTrainer], list[int], list[list[dict]]]:
+    """(trainers, stream position of each, histories): a member without a checkpoint starts at batch 0."""
+    trainers, positions, histories = [], [], []
     for member in pending:
         restored = load_training_state(member.checkpoint_uri, device=device)
         if restored is None:
             trainers.append(SaeTrainer(build_sae(member.sae_config).to(device), member.train_config))
+            positions.append(0)
             histories.append([])
             continue
         trainer, extra = restored
         log.info("%s: resuming from step %d", member.sae_id, trainer.step)
         trainers.append(trainer)
+        positions.append(int(extra["batches_consumed"]))
         histories.append(list(extra.get("history", [])))
-        start_batch = max(start_batch, int(extra["batches_consumed"]))
-    # Members checkpoint together, so a restored one sits exactly at the group's position;
-    # a member with no checkpoint yet simply joins the stream there.
-    if any(t.step not in (0, start_batch) for t in trainers):
-        raise RuntimeError(f"group checkpoints disagree on the stream position: {[t.step for t in trainers]}")
-    return trainers, start_batch, histories
+    return trainers, positions, histories
 
 
 def train_group(
@@ -118,18 +116,23 @@ def train_group(
     device = device or pick_device()
     keep_freed_memory()  # training reallocates the same large tensors every step
     pending = [m for m in members if not is_finished(m)]
-    trainers, start_batch, histories = _restore(pending, device)
+    trainers, positions, histories = _restore(pending, device)
     started = time.perf_counter()
-    if trainers:
-        for report in fit_many(trainers, stream_from(start_batch)):
+    # Members at one stream position train together. Members at different positions (a point that
+    # joined a group of checkpointed ones, e.g. after the grid or the grouping changed) train in
+    # turn, each from its own position: every member sees the batches a fresh run would, so
+    # grouping never changes a result.
+    for start_batch in sorted(set(positions)):
+        cohort = [i for i, position in enumerate(positions) if position == start_batch]
+        for report in fit_many([trainers[i] for i in cohort], stream_from(start_batch)):
             consumed = start_batch + report.step + 1
             if consumed % log_every == 0:
-                for history, metrics in zip(histories, report.metrics):
+                for i, metrics in zip(cohort, report.metrics):
                     if metrics is not None:
-                        history.append({"step": consumed, **{k: float(v) for k, v in metrics.items()}})
+                        histories[i].append({"step": consumed, **{k: float(v) for k, v in metrics.items()}})
             if consumed % checkpoint_every == 0:
-                for member, trainer, history in zip(pending, trainers, histories):
-                    save_training_state(trainer, member.checkpoint_uri, extra={"batches_consumed": consumed, "history": history})
+                for i in cohort:
+                    save_training_state(trainers[i], pending[i].checkpoint_uri, extra={"batches_consumed": consumed, "history": histories[i]})
     wall_seconds = time.perf_counter() - started
     for member, trainer, history in zip(pending, trainers, histories):
         if trainer.failure is not None:

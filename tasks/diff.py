@@ -13,7 +13,7 @@ from infra.alignment import check_aligned
 from infra.diff_plan import check_models, plan_diff
 from infra.diff_run import SUMMARY_FILE, CrosscoderWorker, DiffPlan, diff_done, read_latents
 from infra.storage import read_json, write_bytes_atomic
-from infra.tracking import log_grid_point
+from infra.tracking import MARKER_FILE, log_once, run_files_dir
 from tasks.retry import STORAGE_RETRY, retry_unless_bad_input
 
 
@@ -72,5 +72,6 @@ def diff_report_task(plan_dict: dict[str, Any], summary: dict[str, Any], wandb_p
     create_markdown_artifact(markdown=markdown, key="diff-report", description=f"Diff {plan.diff_id}")
     create_table_artifact(table=exclusive.round(4).to_dict(orient="records"), key="diff-exclusive-latents")
     history = read_json(plan.uri("history.json"))
-    log_grid_point(wandb_project, f"diff-{plan.diff_id}", plan.diff_id, plan_dict, history, summary.get("fractions", {}), wandb_mode)
+    log_once(plan.uri(MARKER_FILE), wandb_project, f"diff-{plan.diff_id}", plan.diff_id, plan_dict, history,
+             summary.get("fractions", {}), wandb_mode, run_files_dir(plan.root))
     return uri

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import TaskRunContext
 
@@ -13,8 +13,9 @@ from infra.ids import spec_hash
 from infra.plots import sweep_plots
 from infra.storage import join, read_json, write_bytes_atomic
 from infra.sweep_grid import K_ARCHITECTURES, SweepPlan, group_points, memory_budget_bytes, plan_sweep
+from infra.sweep_report import below_random_note, data_note
 from infra.sweep_run import read_results, run_groups, write_results
-from infra.tracking import log_grid_point
+from infra.tracking import MARKER_FILE, log_once, run_files_dir
 from infra.training import HISTORY_FILE, is_finished, member_record
 from tasks.retry import STORAGE_RETRY, retry_unless_bad_input
 
@@ -23,16 +24,30 @@ from tasks.retry import STORAGE_RETRY, retry_unless_bad_input
 def plan_sweep_task(spec: dict[str, Any], harvest: str) -> dict[str, Any]:
     """Validate the grid against the harvest and lay out storage; returns the plan and its groups."""
     axes = {key: spec[key] for key in ("architectures", "expansion_factors", "ks", "sparsity_coefficients", "lrs", "seeds")}
+    stage = {key: spec[key] for key in ("eval_contexts", "splice_contexts", "shuffle_buffer", "stream_seed", "checkpoint_every")}
     plan = plan_sweep(
         spec["name"], spec["root"], harvest, spec["hookpoint"], axes, spec["train_tokens"], spec["batch_size"],
-        spec["warmup_steps"], spec.get("autocast_bf16", "cuda"),
+        spec["warmup_steps"], spec.get("autocast_bf16", "cuda"), **stage,
     )
+    epochs = plan.epochs(plan.total_steps * plan.batch_size)
+    if epochs > 1:
+        # The training stream loops: past one epoch every point sees the same rows again.
+        get_run_logger().warning(
+            "sweep %s: each of the %d SAEs trains on %d tokens but the harvest holds %d training rows, so it sees its data "
+            "%.1f times; harvest more tokens (or train fewer) for single-pass training",
+            plan.sweep_id, len(plan.points), plan.total_steps * plan.batch_size, plan.train_rows, epochs,
+        )
+    # Grouping is outside the ids: it only decides which points share a stream (see infra.sweep_grid.NOT_IN_IDS).
     groups = group_points(plan.points, plan.batch_size, memory_budget_bytes(), spec["max_group_size"])
     return {"plan": asdict(plan), "groups": groups}
 
 
 def sweep_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
-    """Key on the grid's point ids, but only once every point is finished in storage."""
+    """Key on the grid's point ids, but only once every point is finished in storage.
+
+    The ids hash every setting that changes a result (SweepPlan.conditions), so a finished
+    sweep is never reused under other settings.
+    """
     plan = SweepPlan(**parameters["planned"]["plan"])
     if not all(is_finished(member) for member in plan.members()):
         return None
@@ -40,7 +55,7 @@ def sweep_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str 
 
 
 @task(**STORAGE_RETRY, retry_condition_fn=retry_unless_bad_input, cache_key_fn=sweep_cache_key, persist_result=True)
-def train_groups_task(planned: dict[str, Any], settings: dict[str, Any], num_actors: int, ray_address: str | None) -> list[str]:
+def train_groups_task(planned: dict[str, Any], num_actors: int, ray_address: str | None) -> list[str]:
     """Train every unfinished point (groups share a stream); returns the trained SAE URIs."""
     from infra.ray_pool import ensure_ray
 
@@ -50,14 +65,21 @@ def train_groups_task(planned: dict[str, Any], settings: dict[str, Any], num_act
     todo = [group for group in todo if group]
     if todo:
         ensure_ray(ray_address)
-        run_groups(plan, todo, settings, num_actors)
+        run_groups(plan, todo, num_actors)
     return [p["sae_uri"] for p in plan.points]
 
 
 @task(**STORAGE_RETRY, retry_condition_fn=retry_unless_bad_input)
 def write_results_task(planned: dict[str, Any]) -> str:
     """results.parquet (pandera-validated) for the whole grid; returns its URI."""
-    return write_results(SweepPlan(**planned["plan"]))
+    plan = SweepPlan(**planned["plan"])
+    uri = write_results(plan)
+    frame = read_results(uri)
+    for row in frame[frame["epochs"] > 1].itertuples():
+        get_run_logger().warning(
+            "%s saw its %d training rows %.1f times (train_tokens %d)", row.sae_id, plan.train_rows, row.epochs, row.train_tokens
+        )
+    return uri
 
 
 @task(**STORAGE_RETRY, retry_condition_fn=retry_unless_bad_input)
@@ -71,15 +93,17 @@ def report_task(planned: dict[str, Any], results_uri: str) -> str:
         plot_uris[name] = join(folder, "plots", name)
         write_bytes_atomic(plot_uris[name], png)
     columns = [c for c in ("sae_id", "status", "architecture", "d_sae", "k", "sparsity_coefficient", "lr", "l0", "explained_variance",
-                           "ce_loss_recovered", "kl_spliced", "ce_loss_recovered_random", "dead_fraction", "device_seconds") if c in frame]
+                           "ce_loss_recovered", "kl_spliced", "ce_loss_recovered_random", "dead_fraction", "epochs", "device_seconds")
+               if c in frame]
     table = frame[columns].round(4).astype(object)
-    # k only means something for topk/batchtopk, the coefficient only for the others.
+    # k only means something for topk/batchtopk, the coefficient only for the others (both null in results).
     uses_k = table["architecture"].isin(K_ARCHITECTURES)
     table.loc[~uses_k, "k"] = "-"
     table.loc[uses_k, "sparsity_coefficient"] = "-"
     markdown = (
         f"# Sweep `{plan.sweep_id}`\n\nHarvest `{plan.harvest}`, hookpoint `{plan.hookpoint}`, "
-        f"{plan.total_steps} steps x {plan.batch_size} tokens per SAE.\n\n{table.to_markdown(index=False)}\n\n"
+        f"{plan.total_steps} steps x {plan.batch_size} tokens per SAE.\n\n{data_note(plan)}{below_random_note(frame)}"
+        f"{table.to_markdown(index=False)}\n\n"
         + "\n".join(f"![{name[:-4]}](plots/{name})" for name in plot_uris)
         + f"\n\nResults table: `{results_uri}`\n"
     )
@@ -92,14 +116,16 @@ def report_task(planned: dict[str, Any], results_uri: str) -> str:
 
 @task
 def track_task(planned: dict[str, Any], project: str, mode: str | None) -> int:
-    """One W&B run per grid point (config, loss curves, metrics); returns how many were logged."""
+    """One W&B run per grid point (config, loss curves, metrics), each logged once; returns how many were logged now."""
     plan = SweepPlan(**planned["plan"])
+    directory = run_files_dir(plan.root)
     logged = 0
     for point, member in zip(plan.points, plan.members(), strict=True):
         if member_record(member)["status"] != "finished":
             continue  # a failed point has no metrics to log; results.parquet records why
         history = read_json(join(point["sae_uri"], HISTORY_FILE))
         metrics = read_json(join(point["sae_uri"], "metrics.json"))
-        config = {"sae": point["sae_config"], "train": point["train_config"], "hookpoint": plan.hookpoint, "harvest": plan.harvest}
-        logged += log_grid_point(project, plan.sweep_id, point["sae_id"], config, history, metrics, mode) is not None
+        config = {"sae": point["sae_config"], "train": point["train_config"], "conditions": plan.conditions(), "harvest": plan.harvest}
+        marker = join(point["sae_uri"], MARKER_FILE)
+        logged += log_once(marker, project, plan.sweep_id, point["sae_id"], config, history, metrics, mode, directory) is not None
     return logged

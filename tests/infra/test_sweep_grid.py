@@ -1,11 +1,15 @@
-"""Grid expansion: every point is a validated (SaeConfig, TrainConfig) pair."""
+"""Grid expansion (every point a validated (SaeConfig, TrainConfig) pair) and the ids of a sweep's artifacts."""
 
 from __future__ import annotations
 
+from dataclasses import asdict, fields
+
 import pytest
 
-from infra.sweep_grid import expand_grid
+import tasks.sweep
+from infra.sweep_grid import CONDITION_FIELDS, NOT_IN_IDS, SweepPlan, expand_grid, plan_sweep
 from sae_core import ConfigError
+from tests.infra.fake_harvest import CONTEXT, CONTEXTS, HOOKPOINTS, write_fake_harvest
 
 AXES = {"architectures": ["topk", "relu"], "expansion_factors": [2.0], "ks": [4, 8], "sparsity_coefficients": [1.0],
         "lrs": [1e-3], "seeds": [0]}
@@ -22,3 +26,79 @@ def test_grid_carries_the_autocast_setting_into_every_point():
 def test_bad_autocast_setting_fails_while_planning():
     with pytest.raises(ConfigError, match=r"TrainConfig\.autocast_bf16='sometimes'"):
         expand_grid(AXES, d_in=16, total_steps=10, warmup_steps=0, autocast_bf16="sometimes")
+
+
+# --- ids: every setting that changes an artifact enters them, nothing else does ---
+
+SMALL_AXES = {**AXES, "expansion_factors": [1.0], "ks": [2, 4]}
+BASE = {"train_tokens": 40, "batch_size": 4, "warmup_steps": 2, "autocast_bf16": "cuda", "eval_contexts": 2, "splice_contexts": 1,
+        "shuffle_buffer": 8, "stream_seed": 0, "checkpoint_every": 5}
+
+
+@pytest.fixture
+def harvest(tmp_path):
+    return write_fake_harvest(str(tmp_path / "data"))[0]
+
+
+def plan_with(harvest: str, root: str, axes=SMALL_AXES, **overrides) -> SweepPlan:
+    settings = {**BASE, **overrides}
+    return plan_sweep("ids", root, harvest, HOOKPOINTS[0], axes, settings.pop("train_tokens"), settings.pop("batch_size"),
+                      settings.pop("warmup_steps"), settings.pop("autocast_bf16"), **settings)
+
+
+def ids(plan: SweepPlan) -> tuple[str, set[str]]:
+    return plan.sweep_id, {p["sae_id"] for p in plan.points}
+
+
+def test_the_same_spec_gives_the_same_ids(harvest, tmp_path):
+    assert ids(plan_with(harvest, str(tmp_path))) == ids(plan_with(harvest, str(tmp_path)))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"eval_contexts": 3}, {"splice_contexts": 2}, {"splice_contexts": 0}, {"shuffle_buffer": 16}, {"stream_seed": 1},
+     {"batch_size": 2}, {"train_tokens": 80}, {"warmup_steps": 3}, {"autocast_bf16": "never"}],
+)
+def test_every_setting_that_changes_a_result_changes_every_id(harvest, tmp_path, change):
+    sweep_id, sae_ids = ids(plan_with(harvest, str(tmp_path)))
+    new_sweep_id, new_sae_ids = ids(plan_with(harvest, str(tmp_path), **change))
+    assert new_sweep_id != sweep_id
+    assert not new_sae_ids & sae_ids, "a point would be reused under other settings"
+
+
+@pytest.mark.parametrize("change", [{"checkpoint_every": 50}])
+def test_settings_that_change_no_result_keep_the_ids(harvest, tmp_path, change):
+    assert ids(plan_with(harvest, str(tmp_path), **change)) == ids(plan_with(harvest, str(tmp_path)))
+
+
+def test_another_root_keeps_the_ids(harvest, tmp_path):
+    assert ids(plan_with(harvest, str(tmp_path / "a"))) == ids(plan_with(harvest, str(tmp_path / "b")))
+
+
+def test_adding_a_grid_point_keeps_the_others_ids(harvest, tmp_path):
+    sweep_id, sae_ids = ids(plan_with(harvest, str(tmp_path)))
+    bigger_sweep_id, bigger = ids(plan_with(harvest, str(tmp_path), axes={**SMALL_AXES, "ks": [2, 4, 8]}))
+    assert bigger_sweep_id == sweep_id and sae_ids < bigger and len(bigger - sae_ids) == 1
+
+
+def test_every_plan_field_is_in_the_ids_or_says_why_not():
+    names = {f.name for f in fields(SweepPlan)}
+    assert names == set(CONDITION_FIELDS) | set(NOT_IN_IDS)
+    assert not set(CONDITION_FIELDS) & set(NOT_IN_IDS)
+
+
+def test_plan_counts_training_rows_and_epochs(harvest, tmp_path):
+    plan = plan_with(harvest, str(tmp_path))
+    # 6 contexts of 4 tokens, 2 held out, the BOS row of each context dropped.
+    assert plan.train_rows == (CONTEXTS - 2) * (CONTEXT - 1)
+    assert plan.epochs(40) == pytest.approx(40 / 12)
+
+
+def test_cache_key_follows_the_ids(harvest, tmp_path, monkeypatch):
+    monkeypatch.setattr(tasks.sweep, "is_finished", lambda member: True)
+
+    def key(**change):
+        return tasks.sweep.sweep_cache_key(None, {"planned": {"plan": asdict(plan_with(harvest, str(tmp_path), **change))}})
+
+    assert key() == key() == key(checkpoint_every=50)
+    assert len({key(), key(shuffle_buffer=16), key(stream_seed=1), key(eval_contexts=3), key(splice_contexts=2)}) == 5

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import tempfile
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -17,6 +21,37 @@ def test_offline_run_records_config_history_and_metrics(tmp_path, monkeypatch):
     )
     assert path is not None
     assert list(tmp_path.glob("wandb/offline-run-*")), "an offline run directory was written"
+
+
+def test_each_artifact_is_logged_once_and_nothing_lands_in_cwd(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cwd, root = tmp_path / "cwd", tmp_path / "root"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    marker = str(root / "saes" / "sweep-1" / "topk-abc" / tracking.MARKER_FILE)
+    args = ("saeflow-test", "sweep-1", "topk-abc", {"k": 4}, [{"step": 10, "loss": 1.0}], {"explained_variance": 0.9}, None)
+
+    first = tracking.log_once(marker, *args, tracking.run_files_dir(str(root)))
+    second = tracking.log_once(marker, *args, tracking.run_files_dir(str(root)))
+
+    assert first is not None and second is None
+    assert len(list(root.glob("wandb/offline-run-*"))) == 1
+    assert json.loads(Path(marker).read_text())["path"] == first
+    assert not list(cwd.iterdir()), "W&B wrote into the current directory"
+
+
+def test_a_failed_log_writes_no_marker(tmp_path, monkeypatch):
+    monkeypatch.setattr(tracking, "log_grid_point", lambda *a, **k: None)
+    marker = tmp_path / tracking.MARKER_FILE
+    assert tracking.log_once(str(marker), "p", "g", "n", {}, [], {}, "offline", str(tmp_path)) is None
+    assert not marker.exists()
+
+
+def test_object_store_roots_keep_run_files_in_a_temp_dir(monkeypatch):
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    assert tracking.run_files_dir("s3://bucket/root").startswith(tempfile.gettempdir())
 
 
 def test_online_without_key_falls_back_to_offline(monkeypatch):

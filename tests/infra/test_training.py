@@ -89,3 +89,17 @@ def test_a_failed_member_is_recorded_not_exported_and_the_rest_finish(tmp_path, 
     assert finished["status"] == "finished" and finished["steps"] == STEPS
     monkeypatch.undo()
     assert train_group(group, stream(), eval_batches, checkpoint_every=10) == records, "failed points are not silently retried"
+
+
+def test_a_member_joining_a_checkpointed_group_sees_a_fresh_runs_batches(tmp_path):
+    """Grouping is outside the sweep ids, so a point must train the same whichever group it lands in."""
+    alone = train_group(members(str(tmp_path / "alone")), stream(), eval_batches, checkpoint_every=10)
+    first, second = members(str(tmp_path / "regrouped"))
+    with pytest.raises(StreamCrash):
+        train_group([first], stream(crash_at=25), eval_batches, checkpoint_every=10)  # first is checkpointed at 20
+    regrouped = train_group([first, second], stream(), eval_batches, checkpoint_every=10)  # second joins with no checkpoint
+
+    for a, b in zip(alone, regrouped):
+        assert b["steps"] == STEPS
+        for name, value in load_sae(a["sae_uri"]).state_dict().items():
+            assert torch.equal(load_sae(b["sae_uri"]).state_dict()[name], value), (b["sae_id"], name)
