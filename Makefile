@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: setup
-	$(OFFLINE) WANDB_MODE=offline $(BIN)/python -m flows.demo
+	$(OFFLINE) WANDB_MODE=offline $(BIN)/saeflow demo
 
 test: setup
 	$(OFFLINE) WANDB_MODE=disabled $(BIN)/python -m pytest -q

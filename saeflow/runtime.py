@@ -67,11 +67,16 @@ def drain_prefect_clients(timeout: float = 10.0) -> None:
             pass
 
 
-def shutdown_ray() -> None:
-    """Stop a Ray this process started (or joined), so no worker outlives the command."""
+def ray_running() -> bool:
+    """Whether this process is connected to Ray (without importing it)."""
     ray = sys.modules.get("ray")
-    if ray is not None and ray.is_initialized():
-        ray.shutdown()
+    return ray is not None and ray.is_initialized()
+
+
+def shutdown_ray() -> None:
+    """Stop the Ray this process started (or joined), so no worker outlives the command."""
+    if ray_running():
+        sys.modules["ray"].shutdown()
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:
@@ -81,6 +86,7 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 def run_from_terminal(run: Callable[[], T], label: str) -> T | int:
     """run() under a temporary API; Ctrl-C or SIGTERM -> a one-line note and EXIT_INTERRUPTED in seconds."""
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    ray_before = ray_running()  # a caller's Ray (a test session, a notebook) is the caller's to stop
     try:
         with flow_api():
             return run()
@@ -89,5 +95,6 @@ def run_from_terminal(run: Callable[[], T], label: str) -> T | int:
               f"resume where it stopped.", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
-        shutdown_ray()
+        if not ray_before:
+            shutdown_ray()
         signal.signal(signal.SIGTERM, previous)

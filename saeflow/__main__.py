@@ -1,0 +1,7 @@
+"""`python -m saeflow ...` is the `saeflow` command."""
+
+import sys
+
+from saeflow.cli import main
+
+sys.exit(main())
