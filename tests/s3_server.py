@@ -319,3 +319,27 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """One SeaweedFS S3 server for the whole session (startup ~1 s, shutdown a few seconds)."""
     with seaweed_s3(tmp_path_factory.mktemp("seaweedfs")) as server:
         yield server
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m tests.s3_server DIR`: a local S3 server to try s3:// roots with; prints its settings."""
+    import argparse
+    import time
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("directory", help="Where SeaweedFS keeps its data.")
+    parser.add_argument("--bucket", default="saeflow", help="Bucket to create (default: saeflow).")
+    args = parser.parse_args(argv)
+    with seaweed_s3(args.directory, bucket=args.bucket) as server:
+        for name, value in server.env().items():
+            print(f"export {name}={value}")
+        print(f"# root for saeflow specs: {server.uri('artifacts')}   (Ctrl-C stops the server)", flush=True)
+        try:
+            while True:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()

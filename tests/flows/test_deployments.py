@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import socket
 import time
+from datetime import timezone
 from pathlib import Path
 from uuid import UUID
 
 import pytest
 
+from saeflow.processes import api_reachable, free_port
 from saeflow.serve import create_pool_and_worker, deploy_all, start_server
 
 pytestmark = pytest.mark.e2e
@@ -28,16 +30,12 @@ OFFLINE_ENV = {
     # Poll often, so the run is picked up within seconds rather than the default 15 s.
     "PREFECT_WORKER_QUERY_SECONDS": "2",
     "PREFECT_WORKER_PREFETCH_SECONDS": "5",
+    # The server's scheduler creates the nightly runs; let it loop every 2 s instead of every minute.
+    "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
 }
+SCHEDULER_TIMEOUT_S = 60
 EXPECTED = {"synthetic-demo": "synthetic-demo", "saeflow-demo": "saeflow-demo", "harvest": "harvest", "sweep": "sweep", "diff": "diff"}
 RUN_TIMEOUT_S = 240
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
@@ -62,12 +60,30 @@ def wait_final(client, flow_run_id: UUID, worker, timeout: float):
     pytest.fail(f"flow run {flow_run_id} not final after {timeout}s (state {run.state_name})\n{worker.log_tail()}")
 
 
+def wait_scheduled_runs(client, deployment_id: UUID, timeout: float, server) -> list:
+    """The deployment's SCHEDULED flow runs, once the server's scheduler has created some."""
+    from prefect.client.schemas.filters import (
+        DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType)
+    from prefect.client.schemas.objects import StateType
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))),
+        )
+        if runs:
+            return runs
+        time.sleep(1)
+    pytest.fail(f"the server's scheduler created no run of the nightly sweep in {timeout:.0f} s\n{server.log_tail()}")
+
+
 def test_deploy_all_then_a_worker_runs_the_demo(real_server, tmp_path: Path):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    api_url, env, _server = real_server
+    api_url, env, server = real_server
     with create_pool_and_worker("saeflow-local", api_url, env=env) as worker:
         names = deploy_all(api_url, env=env)
         assert sorted(names) == sorted(EXPECTED)
@@ -87,6 +103,10 @@ def test_deploy_all_then_a_worker_runs_the_demo(real_server, tmp_path: Path):
 
             schedules = client.read_deployment_schedules(deployments["sweep"].id)
             assert [(s.schedule.cron, s.schedule.timezone, s.active) for s in schedules] == [("0 2 * * *", "UTC", True)]
+            # The schedule must produce runs, not only exist: the server's scheduler service creates them
+            # (with SQLAlchemy 2.1 it failed every loop and the UI's Upcoming tab stayed empty).
+            upcoming = wait_scheduled_runs(client, deployments["sweep"].id, SCHEDULER_TIMEOUT_S, server)
+            assert all(run.expected_start_time.astimezone(timezone.utc).strftime("%H:%M") == "02:00" for run in upcoming)
             # Keep the nightly sweep out of this worker's way should the test run at 02:00 UTC.
             client.pause_deployment(deployments["sweep"].id)
 
@@ -107,3 +127,38 @@ def test_deploy_all_then_a_worker_runs_the_demo(real_server, tmp_path: Path):
 
     assert list(root.glob("saes/*/*/cfg.json")), sorted(str(p) for p in root.rglob("*"))
     assert list(root.glob("demo/*/report.md"))
+
+
+def test_sigterm_stops_saeflow_serve_and_everything_it_started(tmp_path: Path):
+    """`kill` (SIGTERM) on `saeflow serve` stops its server and worker, as Ctrl-C does."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    port = free_port()
+    env = {**os.environ, **OFFLINE_ENV, "PREFECT_HOME": str(tmp_path / "prefect-home")}
+    env.pop("PREFECT_API_URL", None)
+    serve = subprocess.Popen([sys.executable, "-m", "saeflow", "serve", "--port", str(port)], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        deadline = time.monotonic() + 300
+        for line in serve.stdout:  # blocks per line; the deadline bounds a serve that prints and hangs
+            lines.append(line)
+            if line.startswith("Prefect UI:") or time.monotonic() > deadline:
+                break
+        assert lines and lines[-1].startswith("Prefect UI:"), "".join(lines)
+        assert any(line.startswith("server log: ") for line in lines) and any("worker log: " in line for line in lines)
+        children = psutil.Process(serve.pid).children(recursive=True)
+        assert api_reachable(f"http://127.0.0.1:{port}/api")
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(60) == 0
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+    _, alive = psutil.wait_procs(children, timeout=20)
+    assert not alive, [p.cmdline()[:4] for p in alive if p.is_running()]
+    assert not api_reachable(f"http://127.0.0.1:{port}/api")
