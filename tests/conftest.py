@@ -13,6 +13,15 @@ import pytest  # noqa: E402 - the environment above must be set before anything 
 
 
 @pytest.fixture(scope="session")
+def prefect_server():
+    """One temporary Prefect server (SQLite, 127.0.0.1) for every in-process flow test."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
 def ray_local():
     """One loopback-only local Ray for the whole session, shut down at the end."""
     import ray
