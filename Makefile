@@ -22,6 +22,7 @@ demo: setup
 	$(OFFLINE) WANDB_MODE=offline $(BIN)/saeflow demo
 
 test: setup
+	$(BIN)/ruff check .
 	$(OFFLINE) WANDB_MODE=disabled $(BIN)/python -m pytest -q
 
 clean:

@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from infra.harvest import HarvestJob, ShardHarvester
-from infra.harvest_plan import plan_harvest
-from infra.models import PACKAGED_SMOLLM2, load_model
-from infra.tokens import BUILTIN_PYDOC, TokenSpec
+from infra.harvest.plan import plan_harvest
+from infra.harvest.worker import HarvestJob, ShardHarvester
+from infra.lm.models import PACKAGED_SMOLLM2, load_model
+from infra.lm.tokens import BUILTIN_PYDOC, TokenSpec
 
 CONTEXT = 128
 LAYERS = {"last": "blocks.29.hook_resid_post", "middle": "blocks.15.hook_resid_post"}

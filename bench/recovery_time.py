@@ -15,7 +15,7 @@ import torch
 
 from sae_core import SaeConfig, SaeTrainer, TrainConfig, build_sae, fit_many
 from sae_core.synthetic import SyntheticFeatures, recovery_score
-from tests.sae_core.test_recovery import BATCH, D, NUM_FEATURES, SETTINGS, STEPS
+from tests.sae_core.test_recovery import BATCH, NUM_FEATURES, SETTINGS, STEPS, D
 
 
 def main() -> None:

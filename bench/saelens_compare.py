@@ -37,10 +37,10 @@ L1_COEFFICIENT = 5.0
 
 def harvested_activations(num_tokens: int) -> torch.Tensor:
     """[tokens, 576] float32 activations (BOS rows dropped) from a fresh saeflow harvest."""
-    from infra.activation_store import activations_numpy, open_activations
-    from infra.harvest_plan import harvest_in_process, plan_harvest
-    from infra.models import PACKAGED_SMOLLM2
-    from infra.tokens import BUILTIN_PYDOC, TokenSpec
+    from infra.activations.store import activations_numpy, open_activations
+    from infra.harvest.plan import harvest_in_process, plan_harvest
+    from infra.lm.models import PACKAGED_SMOLLM2
+    from infra.lm.tokens import BUILTIN_PYDOC, TokenSpec
 
     spec = TokenSpec(source=BUILTIN_PYDOC, tokenizer=PACKAGED_SMOLLM2, context_length=128, num_tokens=num_tokens)
     job = plan_harvest(PACKAGED_SMOLLM2, [HOOKPOINT], spec, tempfile.mkdtemp(prefix="bench-cmp-"), dtype="float32")

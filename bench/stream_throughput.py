@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from infra.activation_store import harvest_uri, shard_schema, shard_table, write_manifest, write_shard_file
-from infra.activation_stream import StreamSpec, iter_batches
+from infra.activations.store import harvest_uri, shard_schema, shard_table, write_manifest, write_shard_file
+from infra.activations.stream import StreamSpec, iter_batches
 from infra.allocator import keep_freed_memory
 from sae_core import SaeConfig, SaeTrainer, TrainConfig, build_sae
 
@@ -97,7 +97,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6, help="timed SAE train steps per trainer measurement")
     parser.add_argument("--reps", type=int, default=2)
     args = parser.parse_args()
-    keep_freed_memory()  # as the training workers do (infra.training.train_group)
+    keep_freed_memory()  # as the training workers do (infra.training.group.train_group)
     print(f"# {date.today()} {platform.node()} torch {torch.__version__}, threads {torch.get_num_threads()}, cores {os.cpu_count()}")
     with tempfile.TemporaryDirectory(prefix="saeflow-stream-bench-") as root:
         started = time.perf_counter()

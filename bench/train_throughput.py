@@ -7,7 +7,7 @@ Figures (tokens/s, higher is better):
 
 The single-SAE figures use in-memory synthetic batches (same FLOPs as real activations). The
 group comparison reads a real Parquet harvest (float16, d 576, written by the store) through
-infra.activation_stream, so sharing the stream saves real reading, shuffling and conversion.
+infra.activations.stream, so sharing the stream saves real reading, shuffling and conversion.
 Run: `.venv/bin/python -m bench.train_throughput [--steps N]`.
 """
 
@@ -22,8 +22,8 @@ from datetime import date
 import torch
 
 from bench.stream_throughput import HOOKPOINT, write_harvest
+from infra.activations.stream import StreamSpec, iter_batches
 from infra.allocator import keep_freed_memory
-from infra.activation_stream import StreamSpec, iter_batches
 from sae_core import SaeConfig, SaeTrainer, TrainConfig, build_sae, fit_many
 from sae_core.synthetic import SyntheticFeatures
 
@@ -48,7 +48,7 @@ def timed_fit(trainers: list[SaeTrainer], truth: SyntheticFeatures, batch: int, 
     """(total seconds, seconds spent producing data)."""
     data_seconds = [0.0]
     started = time.perf_counter()
-    for report in fit_many(trainers, stream(truth, batch, steps, data_seconds)):
+    for _report in fit_many(trainers, stream(truth, batch, steps, data_seconds)):
         pass
     if trainers[0].device.type == "cuda":
         torch.cuda.synchronize()
@@ -70,7 +70,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=1024)
     args = parser.parse_args()
-    keep_freed_memory()  # as the training workers do (infra.training.train_group)
+    keep_freed_memory()  # as the training workers do (infra.training.group.train_group)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     truth = SyntheticFeatures(d=D_IN, num_features=4 * D_IN, firing_probability=0.01)
     tokens = args.steps * args.batch

@@ -12,8 +12,8 @@ from prefect import flow
 
 from flows.diff import DiffSpec, diff
 from flows.harvest import HarvestSpec, harvest
-from flows.sweep import SweepSpec, sweep
 from flows.specs import DemoSpec  # re-exported: the flow's parameter type
+from flows.sweep import SweepSpec, sweep
 from infra.storage import absolute_root
 from tasks.demo import demo_summary_task, make_checkpoint_pair_task
 

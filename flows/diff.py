@@ -12,8 +12,8 @@ from prefect import flow
 from flows.harvest import HarvestSpec, harvest
 from flows.preflight import PreflightError, preflight
 from flows.specs import DiffSpec  # the spec is Prefect-free (the CLI imports it alone); re-exported here
-from infra.hookpoint_names import HookpointError
-from infra.diff_plan import DiffSpecError
+from infra.diff.plan import DiffSpecError
+from infra.lm.hookpoint_names import HookpointError
 from infra.storage import absolute_root
 from tasks.credentials import apply_storage_secret
 from tasks.diff import check_alignment_task, check_models_task, diff_report_task, plan_diff_task, train_crosscoder_task

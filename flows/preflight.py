@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from flows.specs import DemoSpec, DiffSpec, HarvestSpec, SweepSpec, SyntheticDemoSpec
-from infra.hookpoint_names import Hookpoint, HookpointError
-from infra.model_refs import PACKAGED_SMOLLM2, SUPPORTED_FAMILIES, ModelError, ModelRef, model_cache_root
+from infra.lm.hookpoint_names import Hookpoint, HookpointError
+from infra.lm.model_refs import PACKAGED_SMOLLM2, SUPPORTED_FAMILIES, ModelError, ModelRef, model_cache_root
 
 # Mirrors infra.storage (which imports fsspec); kept literal so this module imports nothing heavy.
 SUPPORTED_SCHEMES = ("file", "s3", "memory")
@@ -47,7 +47,7 @@ class PreflightError(ValueError):
 
 
 class HookpointRangeError(PreflightError, HookpointError):
-    """A hookpoint beyond the model's depth; catchable as infra.hookpoints.HookpointError too."""
+    """A hookpoint beyond the model's depth; catchable as infra.lm.hookpoints.HookpointError too."""
 
 
 def preflight(spec: HarvestSpec | SweepSpec | DiffSpec | DemoSpec | SyntheticDemoSpec) -> None:

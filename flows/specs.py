@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from infra.hookpoint_names import Hookpoint
+from infra.lm.hookpoint_names import Hookpoint
 
 ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu", "gated")
 Architecture = Literal["relu", "topk", "batchtopk", "jumprelu", "gated"]
@@ -41,7 +41,10 @@ class HarvestSpec(BaseModel):
     model: str = Field("smollm2-135m", min_length=1, description="Hugging Face id, local model directory, or 'smollm2-135m' (packaged, offline).")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit), e.g. 'step3000' for Pythia.")
     hookpoints: list[str] = Field(["blocks.6.hook_resid_post"], min_length=1, description="SAELens-style names, e.g. blocks.6.hook_resid_post.")
-    source: str = Field("builtin:pydoc", min_length=1, description="Text: file / directory / glob (.txt .jsonl .parquet), 'hf:NAME[:SPLIT]' or 'builtin:pydoc'.")
+    source: str = Field(
+        "builtin:pydoc", min_length=1,
+        description="Text: file / directory / glob (.txt .jsonl .parquet), 'hf:NAME[:SPLIT]' or 'builtin:pydoc'.",
+    )
     tokenizer: str | None = Field(None, description="Model whose tokenizer to use; defaults to the model itself.")
     context_length: int = Field(128, ge=2, description="Tokens per context, BOS included.")
     num_tokens: int = Field(32_768, ge=2, description="Tokens to harvest (whole contexts).")
@@ -106,7 +109,7 @@ class SweepSpec(BaseModel):
     shuffle_buffer: int = Field(65_536, ge=1, description="Rows in the shuffle buffer mixing shards.")
     max_group_size: int = Field(8, ge=1, description="Most SAEs trained on one shared stream.")
     # From here on: where and how the sweep runs and is logged, never what it computes, so none of
-    # these enters an id (nor max_group_size / checkpoint_every: see infra.sweep_grid.NOT_IN_IDS).
+    # these enters an id (nor max_group_size / checkpoint_every: see infra.sweep.grid.NOT_IN_IDS).
     num_actors: int = Field(1, ge=1, description="Training actors (one GPU each where there are GPUs).")
     root: str = Field("./artifacts", min_length=1, description="Storage root: a path, file:// or s3:// URL.")
     ray_address: str | None = Field(None, description="Ray cluster address; local loopback-only Ray when empty.")

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.harvest import HarvestSpec, harvest
+from flows.harvest import harvest
 from flows.preflight import PreflightError, preflight
 from flows.specs import SweepSpec  # the spec is Prefect-free (the CLI imports it alone); re-exported here
-from infra.hookpoint_names import HookpointError
+from infra.lm.hookpoint_names import HookpointError
 from infra.storage import absolute_root
-from infra.sweep_grid import SweepSpecError
+from infra.sweep.grid import SweepSpecError
 from tasks.credentials import apply_storage_secret
 from tasks.sweep import plan_sweep_task, report_task, track_task, train_groups_task, write_results_task
 

@@ -7,7 +7,8 @@ checkpoint without it is ignored (it was interrupted mid-write).
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from safetensors import SafetensorError

@@ -29,7 +29,8 @@ def wandb_mode(requested: str | None = None) -> str:
 
 
 def log_grid_point(
-    project: str, sweep_id: str, sae_id: str, config: dict[str, Any], history: list[dict[str, float]], metrics: dict[str, Any], mode: str | None = None, directory: str | None = None
+    project: str, sweep_id: str, sae_id: str, config: dict[str, Any], history: list[dict[str, float]], metrics: dict[str, Any],
+    mode: str | None = None, directory: str | None = None,
 ) -> str | None:
     """Log one SAE's config, loss curves and final metrics; returns the run's path, or None if skipped/failed."""
     mode = wandb_mode(mode)

@@ -146,7 +146,7 @@ class SaeConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "SaeConfig":
+    def from_dict(cls, values: dict[str, Any]) -> SaeConfig:
         """Build from a dict, rejecting keys that are not fields (typos must not pass silently)."""
         return _from_dict(cls, values)
 
@@ -208,7 +208,7 @@ class TrainConfig:
         return values
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         """Build from a dict, rejecting keys that are not fields."""
         return _from_dict(cls, values)
 

@@ -91,7 +91,7 @@ class CrosscoderConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "CrosscoderConfig":
+    def from_dict(cls, values: dict[str, Any]) -> CrosscoderConfig:
         """Build from a dict, rejecting keys that are not fields (typos must not pass silently)."""
         return _from_dict(cls, values)
 

@@ -7,7 +7,8 @@ pre = (x*s - b) W + c = (x - b/s)(sW) + c, and x_hat = (a W_dec + b)/s.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor

@@ -66,7 +66,7 @@ class Active(NamedTuple):
         return acts_BF.index_put((self.rows_N, self.cols_N), self.vals_N)
 
     @classmethod
-    def from_topk(cls, top_idx_BK: Tensor, pre: "PreActivations") -> "Active":
+    def from_topk(cls, top_idx_BK: Tensor, pre: PreActivations) -> Active:
         """The k chosen latents of every token, with their ReLU'd pre-activations as values."""
         batch, k = top_idx_BK.shape
         rows_N = torch.arange(batch, device=top_idx_BK.device).repeat_interleave(k)
@@ -74,7 +74,7 @@ class Active(NamedTuple):
         return cls(rows_N, cols_N, pre.at(rows_N, cols_N).relu(), batch, pre.pre_BF.shape[1])
 
     @classmethod
-    def from_flat(cls, flat_idx_N: Tensor, pre: "PreActivations") -> "Active":
+    def from_flat(cls, flat_idx_N: Tensor, pre: PreActivations) -> Active:
         """Entries chosen by index into the flattened [B * F] pre-activations (any order)."""
         width = pre.pre_BF.shape[1]
         flat_idx_N = flat_idx_N.sort().values  # rows ascending: embedding_bag needs contiguous bags

@@ -32,7 +32,7 @@ def load_tokenizer_offline(ref_text: str) -> tuple[Any, str]:
     try:
         from transformers import AutoTokenizer
 
-        from infra.model_refs import ModelRef, model_cache_root
+        from infra.lm.model_refs import ModelRef, model_cache_root
 
         ref = ModelRef.parse(ref_text)
         if ref.kind == "packaged":
@@ -57,7 +57,7 @@ def query_activations(args: argparse.Namespace) -> int:
     import pyarrow.dataset as ds
     from tqdm import tqdm
 
-    from infra.activation_store import activations_numpy, open_activations, read_manifest
+    from infra.activations.store import activations_numpy, open_activations, read_manifest
 
     manifest = read_manifest(args.uri)
     hookpoint = args.hookpoint or manifest["hookpoints"][0]
@@ -100,14 +100,10 @@ def query_activations(args: argparse.Namespace) -> int:
 
 
 def read_results_table(uri: str):
-    """A results.parquet as pandas (what infra.sweep_run.read_results does, without its torch import)."""
-    import io
+    """A results.parquet as pandas (what infra.sweep.run.read_results does, without its torch import)."""
+    from infra.parquet_io import read_parquet
 
-    import pyarrow.parquet as pq
-
-    from infra.storage import read_bytes
-
-    return pq.read_table(io.BytesIO(read_bytes(uri))).to_pandas()
+    return read_parquet(uri).to_pandas()
 
 
 def query_results(args: argparse.Namespace) -> int:

@@ -13,7 +13,7 @@ from infra.storage import join, write_bytes_atomic
 @task(retries=1)
 def make_checkpoint_pair_task(root: str, tokenizer: str, early_step: int, late_step: int) -> list[str]:
     """Train a small GPT-NeoX briefly and save it at two steps (no hub checkpoints offline)."""
-    from examples.checkpoint_pair import make_checkpoint_pair
+    from infra.lm.checkpoint_pair import make_checkpoint_pair
 
     early, late = make_checkpoint_pair(join(root, "demo-checkpoints"), tokenizer, early_step=early_step, late_step=late_step)
     return [str(early), str(late)]

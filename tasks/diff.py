@@ -9,9 +9,9 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import TaskRunContext
 
-from infra.alignment import check_aligned
-from infra.diff_plan import check_models, plan_diff
-from infra.diff_run import SUMMARY_FILE, CrosscoderWorker, DiffPlan, diff_done, read_latents
+from infra.activations.alignment import check_aligned
+from infra.diff.plan import check_models, plan_diff
+from infra.diff.run import SUMMARY_FILE, CrosscoderWorker, DiffPlan, diff_done, read_latents
 from infra.storage import read_json, write_bytes_atomic
 from infra.tracking import MARKER_FILE, log_once, run_files_dir
 from tasks.retry import STORAGE_RETRY, retry_unless_bad_input

@@ -7,12 +7,12 @@ from typing import Any
 from prefect import task
 from prefect.context import TaskRunContext
 
-from infra.activation_store import MANIFEST_FILE, read_manifest
-from infra.harvest import HarvestJob
-from infra.harvest_plan import plan_harvest, run_harvest
-from infra.schemas import validate_harvest
+from infra.activations.schemas import validate_harvest
+from infra.activations.store import MANIFEST_FILE, read_manifest
+from infra.harvest.plan import plan_harvest, run_harvest
+from infra.harvest.worker import HarvestJob
+from infra.lm.tokens import TokenSpec
 from infra.storage import exists, join
-from infra.tokens import TokenSpec
 from tasks.retry import STORAGE_RETRY, retry_unless_bad_input
 
 

@@ -10,13 +10,13 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import TaskRunContext
 
 from infra.ids import spec_hash
-from infra.plots import sweep_plots
 from infra.storage import join, read_json, write_bytes_atomic
-from infra.sweep_grid import K_ARCHITECTURES, SweepPlan, group_points, memory_budget_bytes, plan_sweep
-from infra.sweep_report import below_random_note, data_note
-from infra.sweep_run import read_results, run_groups, write_results
+from infra.sweep.grid import K_ARCHITECTURES, SweepPlan, group_points, memory_budget_bytes, plan_sweep
+from infra.sweep.plots import sweep_plots
+from infra.sweep.report import below_random_note, data_note
+from infra.sweep.run import read_results, run_groups, write_results
 from infra.tracking import MARKER_FILE, log_once, run_files_dir
-from infra.training import HISTORY_FILE, is_finished, member_record
+from infra.training.group import HISTORY_FILE, is_finished, member_record
 from tasks.retry import STORAGE_RETRY, retry_unless_bad_input
 
 
@@ -37,7 +37,7 @@ def plan_sweep_task(spec: dict[str, Any], harvest: str) -> dict[str, Any]:
             "%.1f times; harvest more tokens (or train fewer) for single-pass training",
             plan.sweep_id, len(plan.points), plan.total_steps * plan.batch_size, plan.train_rows, epochs,
         )
-    # Grouping is outside the ids: it only decides which points share a stream (see infra.sweep_grid.NOT_IN_IDS).
+    # Grouping is outside the ids: it only decides which points share a stream (see infra.sweep.grid.NOT_IN_IDS).
     groups = group_points(plan.points, plan.batch_size, memory_budget_bytes(), spec["max_group_size"])
     return {"plan": asdict(plan), "groups": groups}
 

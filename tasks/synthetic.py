@@ -9,7 +9,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from infra.ids import spec_id
 from infra.storage import join, write_bytes_atomic, write_json_atomic
-from infra.synthetic_run import recovery_of, synthetic_members, train_synthetic_group
+from infra.sweep.synthetic import recovery_of, synthetic_members, train_synthetic_group
 
 
 @task(retries=2, retry_delay_seconds=[1, 5], log_prints=True)

@@ -9,12 +9,12 @@ import time
 import pytest
 import torch
 
-from infra.activation_store import read_manifest
-from infra.harvest_plan import harvest_in_process, plan_harvest
-from infra.schemas import validate_harvest
+from infra.activations.schemas import validate_harvest
+from infra.activations.store import read_manifest
+from infra.harvest.plan import harvest_in_process, plan_harvest
+from infra.lm.tokens import BUILTIN_PYDOC, TokenSpec
 from infra.storage import filesystem, read_bytes
-from infra.tokens import BUILTIN_PYDOC, TokenSpec
-from infra.training import GroupMember, train_group
+from infra.training.group import GroupMember, train_group
 from sae_core import SaeConfig, TrainConfig
 from sae_core.synthetic import SyntheticFeatures
 from tests.infra.tiny_models import build_tiny_model

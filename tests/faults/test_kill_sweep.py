@@ -21,10 +21,9 @@ import psutil
 import pytest
 
 from flows.sweep import SweepSpec, sweep
-from infra.harvest_plan import harvest_in_process, plan_harvest
-from infra.sweep_run import read_results
-from infra.tokens import BUILTIN_PYDOC, TokenSpec
-from tests.flows.conftest import prefect_server  # noqa: F401 - the flow tests' Prefect server fixture
+from infra.harvest.plan import harvest_in_process, plan_harvest
+from infra.lm.tokens import BUILTIN_PYDOC, TokenSpec
+from infra.sweep.run import read_results
 from tests.infra.tiny_models import build_tiny_model
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_server", "ray_local")]

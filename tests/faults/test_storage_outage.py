@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from infra.activation_store import marker_uri, read_manifest
-from infra.harvest import ShardHarvester
-from infra.harvest_plan import commit_harvest, missing_shards, plan_harvest
-from infra.schemas import validate_harvest
+from infra.activations.schemas import validate_harvest
+from infra.activations.store import marker_uri, read_manifest
+from infra.harvest.plan import commit_harvest, missing_shards, plan_harvest
+from infra.harvest.worker import ShardHarvester
+from infra.lm.tokens import BUILTIN_PYDOC, TokenSpec
 from infra.storage import filesystem
-from infra.tokens import BUILTIN_PYDOC, TokenSpec
 from tests.conftest import FOREIGN_AWS_ENV
 from tests.infra.tiny_models import build_tiny_model
 from tests.s3_server import S3Server, _process_group_pids, _terminate, _wait_ready, seaweed_s3

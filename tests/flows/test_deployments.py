@@ -8,9 +8,8 @@ own process from this checkout, as in production.
 
 from __future__ import annotations
 
-import socket
 import time
-from datetime import timezone
+from datetime import UTC
 from pathlib import Path
 from uuid import UUID
 
@@ -63,7 +62,12 @@ def wait_final(client, flow_run_id: UUID, worker, timeout: float):
 def wait_scheduled_runs(client, deployment_id: UUID, timeout: float, server) -> list:
     """The deployment's SCHEDULED flow runs, once the server's scheduler has created some."""
     from prefect.client.schemas.filters import (
-        DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType)
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
     from prefect.client.schemas.objects import StateType
 
     deadline = time.monotonic() + timeout
@@ -106,7 +110,7 @@ def test_deploy_all_then_a_worker_runs_the_demo(real_server, tmp_path: Path):
             # The schedule must produce runs, not only exist: the server's scheduler service creates them
             # (with SQLAlchemy 2.1 it failed every loop and the UI's Upcoming tab stayed empty).
             upcoming = wait_scheduled_runs(client, deployments["sweep"].id, SCHEDULER_TIMEOUT_S, server)
-            assert all(run.expected_start_time.astimezone(timezone.utc).strftime("%H:%M") == "02:00" for run in upcoming)
+            assert all(run.expected_start_time.astimezone(UTC).strftime("%H:%M") == "02:00" for run in upcoming)
             # Keep the nightly sweep out of this worker's way should the test run at 02:00 UTC.
             client.pause_deployment(deployments["sweep"].id)
 

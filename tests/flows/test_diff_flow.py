@@ -9,11 +9,11 @@ import pytest
 from pydantic import ValidationError
 
 import infra.ray_pool
-from examples.checkpoint_pair import make_checkpoint_pair
+from infra.lm.checkpoint_pair import make_checkpoint_pair
 from flows.diff import DiffSpec, diff
-from infra.crosscoder_store import load_crosscoder
-from infra.diff_plan import DiffSpecError
-from infra.hookpoints import HookpointError
+from infra.diff.crosscoder_store import load_crosscoder
+from infra.diff.plan import DiffSpecError
+from infra.lm.hookpoints import HookpointError
 from tests.infra.tiny_models import build_tiny_model, build_tokenizer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_server", "ray_local")]

@@ -7,11 +7,11 @@ import os
 
 import pytest
 
-import infra.harvest_plan
+import infra.harvest.plan
 import tasks.harvest
 from flows.harvest import HarvestSpec, harvest
-from infra.activation_store import open_activations, read_manifest
-from infra.hookpoints import HookpointError
+from infra.activations.store import open_activations, read_manifest
+from infra.lm.hookpoints import HookpointError
 from infra.storage import STORAGE_ENV_KEYS
 from tests.infra.tiny_models import build_tiny_model
 
@@ -47,7 +47,7 @@ def test_flow_harvests_then_reruns_are_cache_hits(model_dir, tmp_path, monkeypat
         raise AssertionError("a committed harvest must not run the model again")
 
     # Second run: storage says the harvest is committed, so no actor pool (no model) starts.
-    monkeypatch.setattr(infra.harvest_plan, "run_pool", no_model_allowed)
+    monkeypatch.setattr(infra.harvest.plan, "run_pool", no_model_allowed)
     assert harvest(spec(model_dir, str(tmp_path))) == uri
     # Third run: Prefect's own cache answers; the harvest task body does not even run.
     monkeypatch.setattr(tasks.harvest, "run_harvest", no_model_allowed)

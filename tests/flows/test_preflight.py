@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from flows.preflight import HookpointRangeError, PreflightError, check_storage, preflight
 from flows.specs import DiffSpec, HarvestSpec, SweepSpec
-from infra.hookpoint_names import HookpointError
+from infra.lm.hookpoint_names import HookpointError
 
 S3_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_SHARED_CREDENTIALS_FILE",
           "SAEFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")

@@ -11,12 +11,12 @@ from pydantic import ValidationError
 
 import tasks.sweep
 from flows.sweep import SweepSpec, sweep
-from infra.activation_store import read_manifest
-from infra.harvest_plan import harvest_in_process, plan_harvest
+from infra.activations.store import read_manifest
+from infra.harvest.plan import harvest_in_process, plan_harvest
+from infra.lm.tokens import BUILTIN_PYDOC, TokenSpec
 from infra.sae_store import load_sae
-from infra.sweep_grid import SweepSpecError
-from infra.sweep_run import read_results
-from infra.tokens import BUILTIN_PYDOC, TokenSpec
+from infra.sweep.grid import SweepSpecError
+from infra.sweep.run import read_results
 from tests.infra.tiny_models import build_tiny_model
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_server", "ray_local")]

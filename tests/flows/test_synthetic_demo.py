@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from flows.synthetic_demo import SyntheticDemoSpec, synthetic_demo
 from infra.sae_store import load_sae
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from infra.activation_store import harvest_uri, shard_schema, shard_table, write_manifest, write_shard_file
+from infra.activations.store import harvest_uri, shard_schema, shard_table, write_manifest, write_shard_file
 
 HOOKPOINTS = ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
 D_MODEL, CONTEXT, CONTEXTS, PER_SHARD, VOCAB = 8, 4, 6, 4, 50

@@ -10,8 +10,8 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from infra.activation_store import activations_numpy, open_activations, read_manifest
-from infra.schemas import ShardValidationError, validate_harvest
+from infra.activations.schemas import ShardValidationError, validate_harvest
+from infra.activations.store import activations_numpy, open_activations, read_manifest
 from tests.infra.fake_harvest import CONTEXT, CONTEXTS, D_MODEL, HOOKPOINTS, write_fake_harvest
 
 

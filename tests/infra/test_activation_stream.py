@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from infra.activation_store import harvest_uri, shard_schema, shard_table, write_manifest, write_shard_file
-from infra.activation_stream import THREAD_PREFIX, StreamSpec, StreamSpecError, iter_batches, split_eval
+from infra.activations.store import harvest_uri, shard_schema, shard_table, write_manifest, write_shard_file
+from infra.activations.stream import THREAD_PREFIX, StreamSpec, StreamSpecError, iter_batches, split_eval
 from tests.infra.fake_harvest import HOOKPOINTS, write_fake_harvest
 
 SHARDS, CONTEXTS_PER_SHARD, CONTEXT, D = 8, 4, 16, 4

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from infra.alignment import AlignmentError, check_aligned
-from infra.harvest_plan import harvest_in_process, plan_harvest
-from infra.tokens import BUILTIN_PYDOC, TokenSpec
+from infra.activations.alignment import AlignmentError, check_aligned
+from infra.harvest.plan import harvest_in_process, plan_harvest
+from infra.lm.tokens import BUILTIN_PYDOC, TokenSpec
 from tests.infra.tiny_models import build_tiny_model
 
 HOOKPOINT = "blocks.0.hook_resid_post"

@@ -8,10 +8,10 @@ from dataclasses import asdict
 import pytest
 import torch
 
-import infra.diff_run
-from infra.crosscoder_store import load_crosscoder
-from infra.diff_plan import plan_diff
-from infra.diff_run import CrosscoderWorker
+import infra.diff.run
+from infra.diff.crosscoder_store import load_crosscoder
+from infra.diff.plan import plan_diff
+from infra.diff.run import CrosscoderWorker
 from tests.infra.fake_harvest import D_MODEL, HOOKPOINTS, write_fake_harvest
 
 
@@ -33,8 +33,8 @@ def test_crash_then_resume_equals_uninterrupted(tmp_path, monkeypatch):
     harvests = [write_fake_harvest(str(tmp_path / name))[0] for name in ("a", "b")]
     straight = CrosscoderWorker(make_plan(str(tmp_path / "straight"), harvests)).run()
 
-    real_fit_many = infra.diff_run.fit_many
-    real_iter = infra.diff_run.iter_batches
+    real_fit_many = infra.diff.run.fit_many
+    real_iter = infra.diff.run.iter_batches
 
     def crashing_fit_many(trainers, batches):
         for report in real_fit_many(trainers, batches):
@@ -43,14 +43,14 @@ def test_crash_then_resume_equals_uninterrupted(tmp_path, monkeypatch):
             yield report
 
     plan = make_plan(str(tmp_path / "resumed"), harvests)
-    monkeypatch.setattr(infra.diff_run, "fit_many", crashing_fit_many)
+    monkeypatch.setattr(infra.diff.run, "fit_many", crashing_fit_many)
     with pytest.raises(Crash):
         CrosscoderWorker(plan).run()
     checkpoint = tmp_path / "resumed" / "diffs" / plan["diff_id"] / "checkpoint" / "state.json"
     assert json.loads(checkpoint.read_text())["extra"]["batches_consumed"] == 10
-    monkeypatch.setattr(infra.diff_run, "fit_many", real_fit_many)
+    monkeypatch.setattr(infra.diff.run, "fit_many", real_fit_many)
     started_at = []
-    monkeypatch.setattr(infra.diff_run, "iter_batches", lambda spec, start_batch=0: started_at.append(start_batch) or real_iter(spec, start_batch))
+    monkeypatch.setattr(infra.diff.run, "iter_batches", lambda spec, start_batch=0: started_at.append(start_batch) or real_iter(spec, start_batch))
     resumed = CrosscoderWorker(plan).run()
     assert started_at[0] == 10, "training resumed from the checkpoint, not from scratch"
 

@@ -13,13 +13,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from infra.activation_store import activations_numpy, open_activations, read_manifest, read_tokens_table
-from infra.harvest import ShardHarvester
-from infra.harvest_plan import HarvestSpecError, harvest_in_process, plan_harvest, run_harvest
-from infra.hookpoints import HookpointError
-from infra.models import load_model
-from infra.schemas import validate_harvest
-from infra.tokens import BUILTIN_PYDOC, TokenSpec, tokens_from_table
+from infra.activations.schemas import validate_harvest
+from infra.activations.store import activations_numpy, open_activations, read_manifest, read_tokens_table
+from infra.harvest.plan import HarvestSpecError, harvest_in_process, plan_harvest, run_harvest
+from infra.harvest.worker import ShardHarvester
+from infra.lm.hookpoints import HookpointError
+from infra.lm.models import load_model
+from infra.lm.tokens import BUILTIN_PYDOC, TokenSpec, tokens_from_table
 from tests.infra.tiny_models import CORPUS, FAMILIES, MAX_POSITIONS, N_LAYERS, build_tiny_model
 
 SOURCE = str(CORPUS.parent) if CORPUS.is_file() else BUILTIN_PYDOC

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from infra.hookpoints import (
+from infra.lm.hookpoints import (
     HOOK_KINDS,
     Hookpoint,
     HookpointError,
@@ -14,7 +14,7 @@ from infra.hookpoints import (
     resolve_hookpoints,
     transformer_blocks,
 )
-from infra.models import ModelFacts, load_model, model_facts
+from infra.lm.models import ModelFacts, load_model, model_facts
 from tests.infra.tiny_models import D_MODEL, FAMILIES, N_LAYERS, build_tiny_model
 
 TEXTS = ["Emma Woodhouse, handsome, clever, and rich,", "with a comfortable home and happy disposition"]

@@ -9,9 +9,9 @@ import pytest
 import torch
 from transformers import BertConfig
 
-from infra import models
-from infra.hookpoints import capture_activations
-from infra.models import PACKAGED_SMOLLM2, ModelError, ModelRef, load_model, load_model_config, model_facts
+from infra.lm import models as models
+from infra.lm.hookpoints import capture_activations
+from infra.lm.models import PACKAGED_SMOLLM2, ModelError, ModelRef, load_model, load_model_config, model_facts
 from tests.infra.tiny_models import D_MODEL, FAMILIES, MAX_POSITIONS, N_LAYERS, build_tiny_model
 
 TEXT = "Emma Woodhouse, handsome, clever, and rich"

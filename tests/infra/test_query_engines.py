@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow.dataset as ds
 import pytest
 
-from infra.activation_store import (
+from infra.activations.store import (
     MANIFEST_FILE,
     HarvestFormatError,
     activations_numpy,
@@ -23,8 +23,8 @@ from infra.activation_store import (
     read_manifest,
     read_tokens_table,
 )
-from infra.harvest_plan import harvest_in_process, plan_harvest
-from infra.tokens import BUILTIN_PYDOC, TokenSpec, tokens_from_table
+from infra.harvest.plan import harvest_in_process, plan_harvest
+from infra.lm.tokens import BUILTIN_PYDOC, TokenSpec, tokens_from_table
 from tests.infra.tiny_models import CORPUS, D_MODEL, N_LAYERS, build_tiny_model
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -134,7 +134,6 @@ def test_polars_snippets(harvest):
 
 def test_leftover_temporary_file_does_not_break_the_glob(harvest, tmp_path):
     """A writer killed mid-upload leaves a `.tmp-...partial` key; DuckDB globs dot-files, so it must not end in .parquet."""
-    import duckdb
 
     from infra.storage import write_bytes_atomic
 

@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import pytest
 
-from infra.schemas import validate_results
+from infra.sweep.schemas import validate_results
 
 
 def row(status: str, ev: float, architecture: str = "topk") -> dict:

@@ -9,7 +9,7 @@ import sae_lens
 import torch
 from sae_lens import SAE
 
-from infra.models import PACKAGED_SMOLLM2, SMOLLM2_HUB_ID, model_provenance
+from infra.lm.models import PACKAGED_SMOLLM2, SMOLLM2_HUB_ID, model_provenance
 from infra.sae_store import load_sae, save_sae
 from sae_core import ARCHITECTURES
 from tests.sae_core.helpers import activation_batch

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from infra.hookpoints import Hookpoint, capture_activations, hooked_module
-from infra.models import load_model
-from infra.splice_eval import matched_random_perturbation, replacing_activation, splice_metrics
+from infra.lm.hookpoints import Hookpoint, capture_activations, hooked_module
+from infra.lm.models import load_model
+from infra.lm.splice_eval import matched_random_perturbation, replacing_activation, splice_metrics
 from sae_core import SaeConfig, build_sae
 from sae_core.metrics import ce_loss_recovered
 from tests.infra.tiny_models import D_MODEL, FAMILIES, build_tiny_model

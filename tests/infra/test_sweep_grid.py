@@ -7,7 +7,7 @@ from dataclasses import asdict, fields
 import pytest
 
 import tasks.sweep
-from infra.sweep_grid import CONDITION_FIELDS, NOT_IN_IDS, SweepPlan, expand_grid, plan_sweep
+from infra.sweep.grid import CONDITION_FIELDS, NOT_IN_IDS, SweepPlan, expand_grid, plan_sweep
 from sae_core import ConfigError
 from tests.infra.fake_harvest import CONTEXT, CONTEXTS, HOOKPOINTS, write_fake_harvest
 

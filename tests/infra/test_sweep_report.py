@@ -6,8 +6,8 @@ import math
 
 import pandas as pd
 
-from infra.sweep_grid import SweepPlan
-from infra.sweep_report import below_random_note, data_note
+from infra.sweep.grid import SweepPlan
+from infra.sweep.report import below_random_note, data_note
 
 
 def plan(train_rows: int) -> SweepPlan:

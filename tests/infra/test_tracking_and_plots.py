@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from infra import tracking
-from infra.plots import pareto_frontier, sweep_plots
+from infra.sweep.plots import pareto_frontier, sweep_plots
 
 
 def test_offline_run_records_config_history_and_metrics(tmp_path, monkeypatch):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from infra.sae_store import load_sae
-from infra.training import GroupMember, train_group
+from infra.training.group import GroupMember, train_group
 from sae_core import SaeConfig, TrainConfig
 from sae_core.synthetic import SyntheticFeatures
 

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import io
-
-import matplotlib
-
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 import pandas as pd  # noqa: E402
 import pandera.errors  # noqa: E402
 import pandera.pandas as pa  # noqa: E402
 import torch  # noqa: E402
 
+from infra.figures import png_bytes  # noqa: E402
 from sae_core.diffing import CLASSES, classify_latents, decoder_cosine, per_source_activation_frequency, relative_decoder_norm  # noqa: E402
 
 
@@ -78,7 +73,4 @@ def relative_norm_histogram(frame: pd.DataFrame, models: list[str], shared_band:
     axes.set_ylabel("live latents")
     axes.set_title("Crosscoder latents: A-only (left), shared (middle), B-only (right)", fontsize=9)
     figure.tight_layout()
-    sink = io.BytesIO()
-    figure.savefig(sink, format="png")
-    plt.close(figure)
-    return sink.getvalue()
+    return png_bytes(figure)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from infra.hookpoints import Hookpoint, hooked_module, resolve_hookpoints
+from infra.lm.hookpoints import Hookpoint, hooked_module, resolve_hookpoints
 from sae_core.metrics import ce_loss_recovered
 
 SpliceFn = Callable[[Tensor], Tensor]

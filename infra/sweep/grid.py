@@ -15,7 +15,7 @@ from typing import Any
 
 from infra.ids import spec_id
 from infra.storage import join
-from infra.training import GroupMember
+from infra.training.group import GroupMember
 from sae_core import SaeConfig, TrainConfig
 
 K_ARCHITECTURES = ("topk", "batchtopk")
@@ -207,8 +207,8 @@ def plan_sweep(
     checkpoint_every: int = 200,
 ) -> SweepPlan:
     """Check the harvest and the grid, then lay out every point's storage; nothing is trained."""
-    from infra.activation_store import MANIFEST_FILE, read_manifest
-    from infra.activation_stream import StreamSpec, count_rows, split_eval
+    from infra.activations.store import MANIFEST_FILE, read_manifest
+    from infra.activations.stream import StreamSpec, count_rows, split_eval
     from infra.storage import exists
 
     if not exists(join(harvest, MANIFEST_FILE)):

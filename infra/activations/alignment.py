@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow.parquet as pq
 
-from infra.activation_store import read_manifest
-from infra.models import load_tokenizer
+from infra.activations.store import read_manifest
+from infra.lm.models import load_tokenizer
 from infra.storage import filesystem, join
 
 

@@ -10,15 +10,14 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pandera.errors
 import pandera.pandas as pa
 import pyarrow as arrow
 import pyarrow.parquet as pq
 
-from infra.activation_store import activations_numpy
+from infra.activations.store import activations_numpy
+from infra.schema_errors import describe_schema_error
 from infra.storage import filesystem, join
-from infra.sweep_grid import K_ARCHITECTURES
 
 SCALAR_COLUMNS = {"seq_id": arrow.int64(), "pos": arrow.int32(), "token_id": arrow.int32(), "special": arrow.bool_()}
 
@@ -78,17 +77,9 @@ def validate_shard_file(harvest: str, entry: dict[str, Any], manifest: dict[str,
     try:
         schema.validate(scalars, lazy=False)
     except pandera.errors.SchemaError as error:
-        raise ShardValidationError(f"{uri}: {_describe(error)}") from error
+        raise ShardValidationError(f"{uri}: {describe_schema_error(error)}") from error
     if not np.isfinite(activations_numpy(sample).astype(np.float32)).all():
         raise ShardValidationError(f"{uri}: activation values include NaN or inf (checked the first {sample.num_rows} rows)")
-
-
-def _describe(error: pandera.errors.SchemaError) -> str:
-    cases = error.failure_cases
-    if isinstance(cases, str):  # e.g. a missing column: pandera names it as a bare string
-        return f"column {cases!r} breaks {error.check}"
-    examples = "" if cases is None else f"; failing values e.g. {list(getattr(cases, 'failure_case', cases))[:3]}"
-    return f"column {getattr(error.schema, 'name', '?')!r} breaks {error.check}{examples}"
 
 
 def validate_harvest(harvest: str, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -108,75 +99,3 @@ def validate_harvest(harvest: str, manifest: dict[str, Any]) -> dict[str, Any]:
                 f"({manifest['num_contexts']} contexts x {manifest['context_length']})"
             )
     return {"harvest": harvest, "hookpoints": manifest["hookpoints"], "shards": len(manifest["shards"]), "rows": expected_rows}
-
-
-def results_schema() -> pa.DataFrameSchema:
-    """pandera schema of a sweep's results.parquet: one row per grid point."""
-    fraction = pa.Check.in_range(0.0, 1.0)
-    return pa.DataFrameSchema(
-        {
-            "sae_id": pa.Column(str, unique=True),
-            "architecture": pa.Column(str, pa.Check.isin(["relu", "topk", "batchtopk", "jumprelu", "gated"])),
-            "d_sae": pa.Column("int64", pa.Check.gt(0)),
-            "expansion_factor": pa.Column(float, pa.Check.gt(0)),
-            # Null where the architecture ignores the knob (k: relu/jumprelu/gated; coefficient: topk/batchtopk).
-            "k": pa.Column("Int64", pa.Check.gt(0), nullable=True),
-            "sparsity_coefficient": pa.Column(float, pa.Check.ge(0), nullable=True),
-            "lr": pa.Column(float, pa.Check.gt(0)),
-            "seed": pa.Column("int64"),
-            "status": pa.Column(str, pa.Check.isin(["finished", "failed"])),
-            # Metrics are empty (NaN) exactly for failed points; the frame-level check below says so.
-            "mse": pa.Column(float, pa.Check.ge(0), nullable=True, required=False),
-            "explained_variance": pa.Column(float, pa.Check.le(1.0), nullable=True, required=False),
-            "l0": pa.Column(float, pa.Check.ge(0), nullable=True, required=False),
-            "dead_fraction": pa.Column(float, fraction, nullable=True, required=False),
-            "dense_fraction": pa.Column(float, fraction, nullable=True, required=False),
-            "l2_ratio": pa.Column(float, pa.Check.ge(0), nullable=True, required=False),
-            "device_seconds": pa.Column(float, pa.Check.ge(0), nullable=True, required=False),
-            "train_tokens": pa.Column("Int64", pa.Check.gt(0), nullable=True, required=False),
-            # Training tokens / training rows: above 1 the point saw its data more than once.
-            "epochs": pa.Column(float, pa.Check.gt(0), nullable=True),
-            "sae_uri": pa.Column(str),
-            "features_uri": pa.Column(str),
-        },
-        strict=False,  # splice metrics and extra reconstruction metrics ride along
-        checks=[
-            pa.Check(
-                lambda df: (df["status"] == "failed") | df.get("explained_variance", pd.Series(float("nan"), index=df.index)).notna(),
-                error="every finished point has metrics",
-            ),
-            pa.Check(
-                lambda df: df["k"].isna() == ~df["architecture"].isin(K_ARCHITECTURES),
-                error="k is set exactly for topk/batchtopk points",
-            ),
-            pa.Check(
-                lambda df: df["sparsity_coefficient"].isna() == df["architecture"].isin(K_ARCHITECTURES),
-                error="sparsity_coefficient is set exactly for relu/jumprelu/gated points",
-            ),
-        ],
-        name="sweep results",
-    )
-
-
-def validate_results(frame: pd.DataFrame, source: str) -> pd.DataFrame:
-    """Validate a results table; raises ValueError naming the source, column and failing check."""
-    try:
-        return results_schema().validate(frame, lazy=False)
-    except pandera.errors.SchemaError as error:
-        raise ValueError(f"{source}: results table {_describe(error)}") from error
-
-
-def feature_schema(d_sae: int) -> pa.DataFrameSchema:
-    """pandera schema of a per-feature table (one row per latent)."""
-    return pa.DataFrameSchema(
-        {
-            "latent": pa.Column("int32", pa.Check.in_range(0, d_sae - 1), unique=True),
-            "fire_count": pa.Column("int64", pa.Check.ge(0)),
-            "density": pa.Column(float, pa.Check.in_range(0.0, 1.0)),
-            "mean_activation": pa.Column(float),
-            "max_activation": pa.Column("float32"),
-        },
-        strict=True,
-        checks=pa.Check(lambda df: len(df) == d_sae, error=f"exactly {d_sae} rows (one per latent)"),
-        name="feature table",
-    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from infra.sweep_grid import SweepPlan
+from infra.sweep.grid import SweepPlan
 
 
 def data_note(plan: SweepPlan) -> str:

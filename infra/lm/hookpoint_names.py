@@ -1,7 +1,7 @@
 """Hookpoint names alone: the grammar, parsing and errors, importing no torch or transformers.
 
-Split out of infra.hookpoints so the CLI and flows.preflight can reject a malformed name in
-milliseconds, before anything heavy is imported; infra.hookpoints re-exports everything here.
+Split out of infra.lm.hookpoints so the CLI and flows.preflight can reject a malformed name in
+milliseconds, before anything heavy is imported; infra.lm.hookpoints re-exports everything here.
 
 ``blocks.{L}.hook_resid_pre``  the residual stream entering block L (its input)
 ``blocks.{L}.hook_resid_post`` the residual stream leaving block L (its output)

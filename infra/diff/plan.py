@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from infra.alignment import AlignmentError, check_same_tokenizer
-from infra.diff_run import DiffPlan
-from infra.hookpoints import resolve_hookpoints
+from infra.activations.alignment import AlignmentError, check_same_tokenizer
+from infra.diff.run import DiffPlan
 from infra.ids import spec_id
-from infra.models import ModelRef, load_model_config, model_facts
+from infra.lm.hookpoints import resolve_hookpoints
+from infra.lm.models import ModelRef, load_model_config, model_facts
 from sae_core import TrainConfig
 from sae_core.crosscoder_config import CrosscoderConfig
 

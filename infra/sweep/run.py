@@ -8,26 +8,25 @@ exports them. Finished points are skipped, interrupted ones resume from their ch
 
 from __future__ import annotations
 
-import io
 from dataclasses import asdict
 from typing import Any
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
-from infra.activation_store import read_manifest, read_tokens_table
-from infra.activation_stream import StreamSpec, iter_batches, split_eval
-from infra.models import load_model, model_provenance
+from infra.activations.store import read_manifest, read_tokens_table
+from infra.activations.stream import StreamSpec, iter_batches, split_eval
+from infra.lm.models import load_model, model_provenance
+from infra.lm.splice_eval import splice_metrics
+from infra.lm.tokens import tokens_from_table
+from infra.parquet_io import read_parquet, write_parquet_atomic
 from infra.ray_pool import run_pool
-from infra.schemas import validate_results
-from infra.splice_eval import splice_metrics
-from infra.storage import join, read_bytes, read_json, write_bytes_atomic
-from infra.sweep_grid import K_ARCHITECTURES, SweepPlan
-from infra.tokens import tokens_from_table
-from infra.training import member_record, pick_device, train_group
+from infra.storage import join
+from infra.sweep.grid import K_ARCHITECTURES, SweepPlan
+from infra.sweep.schemas import validate_results
+from infra.training.group import member_record, train_group
 from sae_core import SparseCoder
+from sae_core.devices import pick_device
 
 
 class TrainGroupWorker:
@@ -130,15 +129,13 @@ def write_results(plan: SweepPlan) -> str:
     """Validate and write results.parquet for the whole grid; returns its URI."""
     frame = validate_results(results_frame(plan), source=f"sweep {plan.sweep_id}")
     uri = join(plan.root, "evals", plan.sweep_id, "results.parquet")
-    sink = io.BytesIO()
-    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), sink)
-    write_bytes_atomic(uri, sink.getvalue())
+    write_parquet_atomic(uri, frame)
     return uri
 
 
 def read_results(uri: str) -> pd.DataFrame:
     """A results table back as pandas."""
-    return pq.read_table(io.BytesIO(read_bytes(uri))).to_pandas()
+    return read_parquet(uri).to_pandas()
 
 
 __all__ = ["TrainGroupWorker", "read_results", "results_frame", "run_groups", "write_results"]

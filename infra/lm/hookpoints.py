@@ -19,8 +19,8 @@ import torch
 from torch import Tensor, nn
 
 # The name grammar lives in a torch-free module (the CLI validates names with it); re-exported here.
-from infra.hookpoint_names import ALLOWED_FORMS, HOOK_KINDS, Hookpoint, HookpointError  # noqa: F401
-from infra.models import ModelFacts, model_facts
+from infra.lm.hookpoint_names import ALLOWED_FORMS, HOOK_KINDS, Hookpoint, HookpointError  # noqa: F401
+from infra.lm.models import ModelFacts, model_facts
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import io
-
-import matplotlib
-
-matplotlib.use("Agg")  # headless: flows run on workers with no display
-
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 import pandas as pd  # noqa: E402
+
+from infra.figures import png_bytes  # noqa: E402
 
 
 def pareto_frontier(frame: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
@@ -41,10 +37,7 @@ def tradeoff_png(frame: pd.DataFrame, x: str, y: str, title: str, log_x: bool = 
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
     figure.tight_layout()
-    sink = io.BytesIO()
-    figure.savefig(sink, format="png")
-    plt.close(figure)
-    return sink.getvalue()
+    return png_bytes(figure)
 
 
 def sweep_plots(frame: pd.DataFrame) -> dict[str, bytes]:

@@ -19,15 +19,14 @@ the manifest lists; a shard counts as done only once its marker exists.
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 
-from infra.storage import exists, filesystem, join, read_bytes, read_json, write_bytes_atomic, write_json_atomic
+from infra.parquet_io import parquet_bytes, read_parquet
+from infra.storage import exists, filesystem, join, read_json, write_bytes_atomic, write_json_atomic
 
 MANIFEST_FILE = "_manifest.json"
 TOKENS_FILE = "tokens.parquet"
@@ -88,23 +87,20 @@ def shard_table(
     return pa.Table.from_arrays(columns, schema=schema)
 
 
-def parquet_bytes(table: pa.Table) -> bytes:
+def shard_bytes(table: pa.Table) -> bytes:
     """Serialise a shard: activation floats are incompressible noise to zstd, so only ids are compressed."""
-    sink = io.BytesIO()
-    pq.write_table(
+    return parquet_bytes(
         table,
-        sink,
         compression={"seq_id": "zstd", "pos": "zstd", "token_id": "zstd", "special": "zstd", "activation": "none"},
         use_dictionary=["token_id"],
         row_group_size=8192,
         write_statistics=["seq_id", "pos", "token_id"],
     )
-    return sink.getvalue()
 
 
 def write_shard_file(harvest: str, hookpoint: str, index: int, table: pa.Table) -> dict[str, Any]:
     """Write one hookpoint's shard atomically; returns its manifest entry (path, rows, bytes)."""
-    payload = parquet_bytes(table)
+    payload = shard_bytes(table)
     key = shard_key(hookpoint, index)
     write_bytes_atomic(join(harvest, key), payload)
     return {"path": key, "rows": table.num_rows, "bytes": len(payload)}
@@ -143,7 +139,7 @@ def read_manifest(harvest: str) -> dict[str, Any]:
 
 def read_tokens_table(harvest: str) -> pa.Table:
     """The packed contexts of a harvest: seq_id int64, pos int32, token_id int32, special bool."""
-    return pq.read_table(io.BytesIO(read_bytes(join(harvest, TOKENS_FILE))))
+    return read_parquet(join(harvest, TOKENS_FILE))
 
 
 def open_activations(harvest: str, hookpoint: str | None = None) -> ds.Dataset:

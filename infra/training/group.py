@@ -7,7 +7,6 @@ evaluated and exported in SAELens format with their metrics, loss history and pe
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -15,13 +14,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
 from infra.allocator import keep_freed_memory
+from infra.parquet_io import write_parquet_atomic
 from infra.sae_store import CFG_FILE, load_training_state, save_sae, save_training_state
-from infra.storage import exists, join, read_json, write_bytes_atomic, write_json_atomic
+from infra.storage import exists, join, read_json, write_json_atomic
+from infra.training.schemas import validate_features
 from sae_core import SaeConfig, SaeTrainer, SparseCoder, TrainConfig, build_sae, fit_many
+from sae_core.devices import pick_device
 from sae_core.evaluate import FeatureStats, evaluate_sae
 
 log = logging.getLogger(__name__)
@@ -44,11 +45,6 @@ class GroupMember:
     """Directory of its resumable training state."""
     features_uri: str | None = None
     """Parquet file for its per-feature statistics (density, mean and max activation)."""
-
-
-def pick_device() -> torch.device:
-    """CUDA when present, else CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def is_finished(member: GroupMember) -> bool:
@@ -148,9 +144,9 @@ def train_group(
         )
         save_sae(trainer.sae, member.sae_uri, metadata=metadata, fire_count_F=stats.fire_count_F, num_tokens=stats.num_tokens)
         if member.features_uri:
-            sink = io.BytesIO()
-            pq.write_table(feature_table(stats), sink)
-            write_bytes_atomic(member.features_uri, sink.getvalue())
+            table = feature_table(stats)
+            validate_features(table.to_pandas(), member.features_uri, len(stats.fire_count_F))
+            write_parquet_atomic(member.features_uri, table)
         write_json_atomic(join(member.sae_uri, HISTORY_FILE), history)
         write_json_atomic(join(member.sae_uri, METRICS_FILE), metrics)  # last: marks the member finished
     return [member_record(m) for m in members]

@@ -7,26 +7,25 @@ the commit marker that makes the diff trusted and lets a re-run return at once).
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
-from infra.activation_store import read_manifest
-from infra.activation_stream import StreamSpec, iter_batches, split_eval
+from infra.activations.store import read_manifest
+from infra.activations.stream import StreamSpec, iter_batches, split_eval
 from infra.allocator import keep_freed_memory
-from infra.crosscoder_store import save_crosscoder
-from infra.diff_report import latents_frame, relative_norm_histogram
+from infra.diff.crosscoder_store import save_crosscoder
+from infra.diff.report import latents_frame, relative_norm_histogram
+from infra.parquet_io import read_parquet, write_parquet_atomic
 from infra.sae_store import load_training_state, save_training_state
-from infra.storage import exists, join, read_bytes, read_json, write_bytes_atomic, write_json_atomic
-from infra.training import HISTORY_FILE, pick_device
+from infra.storage import exists, join, read_json, write_bytes_atomic, write_json_atomic
+from infra.training.group import HISTORY_FILE
 from sae_core import SaeTrainer, TrainConfig, fit_many
 from sae_core.crosscoder import build_crosscoder
 from sae_core.crosscoder_config import CrosscoderConfig
+from sae_core.devices import pick_device
 from sae_core.diffing import diff_summary
 
 SUMMARY_FILE = "summary.json"
@@ -108,10 +107,8 @@ class CrosscoderWorker:
         x_hat_BMD = crosscoder.decode(acts_BF)
         summary = diff_summary(crosscoder.W_dec, x_BMD, x_hat_BMD, acts_BF, 0, len(plan.harvests) - 1, plan.shared_band, plan.exclusive_margin)
         frame = latents_frame(crosscoder.W_dec, acts_BF, plan.shared_band, plan.exclusive_margin)
-        sink = io.BytesIO()
-        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), sink)
         save_crosscoder(crosscoder, plan.uri("crosscoder"), metadata={"models": plan.models, "hookpoint": plan.hookpoint})
-        write_bytes_atomic(plan.uri("latents.parquet"), sink.getvalue())
+        write_parquet_atomic(plan.uri("latents.parquet"), frame)
         write_bytes_atomic(plan.uri("relative_norms.png"), relative_norm_histogram(frame, plan.models, plan.shared_band, plan.exclusive_margin))
         write_json_atomic(plan.uri(HISTORY_FILE), history)
         summary.update(
@@ -134,4 +131,4 @@ def _jsonable(value: Any) -> Any:
 
 def read_latents(plan: DiffPlan) -> pd.DataFrame:
     """latents.parquet as pandas."""
-    return pq.read_table(io.BytesIO(read_bytes(plan.uri("latents.parquet")))).to_pandas()
+    return read_parquet(plan.uri("latents.parquet")).to_pandas()

@@ -7,13 +7,10 @@ run_harvest farms the missing shards out to a Ray pool; commit_harvest writes th
 
 from __future__ import annotations
 
-import io
 import time
 from typing import Any
 
-import pyarrow.parquet as pq
-
-from infra.activation_store import (
+from infra.activations.store import (
     MANIFEST_FILE,
     MANIFEST_FORMAT_VERSION,
     STORED_DTYPES,
@@ -23,13 +20,14 @@ from infra.activation_store import (
     read_marker,
     write_manifest,
 )
-from infra.harvest import HarvestJob, ShardHarvester
-from infra.hookpoints import resolve_hookpoints
+from infra.harvest.worker import HarvestJob, ShardHarvester
 from infra.ids import spec_id
-from infra.models import ModelRef, load_model_config, load_tokenizer, model_facts
+from infra.lm.hookpoints import resolve_hookpoints
+from infra.lm.models import ModelRef, load_model_config, load_tokenizer, model_facts
+from infra.lm.tokens import TokenSpec, pack_tokens, token_table
+from infra.parquet_io import write_parquet_atomic
 from infra.ray_pool import ensure_ray, run_pool
-from infra.storage import exists, join, write_bytes_atomic
-from infra.tokens import TokenSpec, pack_tokens, token_table
+from infra.storage import exists, join
 
 
 class HarvestSpecError(ValueError):
@@ -75,9 +73,7 @@ def plan_harvest(
         tokens = pack_tokens(token_spec, load_tokenizer(token_spec.tokenizer))
         if int(tokens.token_ids_NS.max()) >= facts.vocab_size:
             raise HarvestSpecError(f"tokenizer {token_spec.tokenizer} produces ids >= {model}'s vocab_size {facts.vocab_size}")
-        sink = io.BytesIO()
-        pq.write_table(token_table(tokens), sink, compression="zstd")
-        write_bytes_atomic(tokens_uri, sink.getvalue())
+        write_parquet_atomic(tokens_uri, token_table(tokens), compression="zstd")
     ref = ModelRef.parse(model)
     return HarvestJob(
         harvest_id=harvest_id,

@@ -10,7 +10,7 @@ import torch
 from infra.ids import spec_id
 from infra.sae_store import load_sae
 from infra.storage import join
-from infra.training import GroupMember, train_group
+from infra.training.group import GroupMember, train_group
 from sae_core import SaeConfig, TrainConfig
 from sae_core.synthetic import SyntheticFeatures, recovery_score
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from infra.activation_store import (
+from infra.activations.store import (
     STORED_DTYPES,
     marker_uri,
     read_marker,
@@ -23,10 +23,10 @@ from infra.activation_store import (
     shard_table,
     write_shard_file,
 )
-from infra.hookpoints import capture_activations, resolve_hookpoints
-from infra.models import load_model
+from infra.lm.hookpoints import capture_activations, resolve_hookpoints
+from infra.lm.models import load_model
+from infra.lm.tokens import tokens_from_table
 from infra.storage import write_json_atomic
-from infra.tokens import tokens_from_table
 
 
 @dataclass

@@ -18,12 +18,11 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
 from typing import TYPE_CHECKING
 
-# Parsing a reference needs no torch: it lives in infra.model_refs (the CLI's preflight uses it).
-from infra.model_refs import (  # noqa: F401
+import torch
+
+from infra.lm.model_refs import (  # noqa: F401
     PACKAGED_SMOLLM2,
     SUPPORTED_FAMILIES,
     ModelError,
@@ -31,6 +30,9 @@ from infra.model_refs import (  # noqa: F401
     _is_local,
     model_cache_root,
 )
+
+# Parsing a reference needs no torch: it lives in infra.lm.model_refs (the CLI's preflight uses it).
+from sae_core.devices import pick_device
 
 if TYPE_CHECKING:  # transformers takes ~1.5 s to import: only the functions that load models pay it
     from transformers import PretrainedConfig, PreTrainedModel
@@ -66,11 +68,6 @@ def _as_ref(ref: RefLike) -> ModelRef:
     if isinstance(ref, os.PathLike):
         return ModelRef(str(Path(ref).expanduser().absolute()))  # absolute: never mistaken for a hub id
     return ModelRef.parse(ref)
-
-
-def default_device() -> torch.device:
-    """CUDA when present, else CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _smollm2_cache_dir() -> Path:
@@ -212,7 +209,7 @@ def load_model(
     model.eval()
     # Activations are read, never trained through: no parameter should build an autograd graph.
     model.requires_grad_(False)
-    return model.to(device if device is not None else default_device()), tokenizer
+    return model.to(device if device is not None else pick_device()), tokenizer
 
 
 def model_provenance(ref: RefLike) -> dict[str, str | None]:

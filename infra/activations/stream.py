@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 import torch
 from fsspec import AbstractFileSystem
 
-from infra.activation_store import activations_numpy, read_manifest
+from infra.activations.store import activations_numpy, read_manifest
 from infra.storage import filesystem
 
 THREAD_PREFIX = "saeflow-stream"
@@ -71,7 +71,7 @@ class StreamSpec:
     drop_last: bool = True
     """Drop a final partial batch (training wants equal batches); False keeps it (evaluation wants every row)."""
     aligned_harvests: tuple[str, ...] = ()
-    """More harvests row-aligned with `harvest` (same token spec, checked by infra.alignment):
+    """More harvests row-aligned with `harvest` (same token spec, checked by infra.activations.alignment):
     batches become [batch_size, 1 + len(aligned_harvests), d_model], one slice per source (crosscoders)."""
 
     def __post_init__(self) -> None:
@@ -158,7 +158,8 @@ def _plan(spec: StreamSpec) -> _Plan:
     if bound == 0:
         raise StreamSpecError(f"{spec.harvest}: seq_range={spec.seq_range} selects no rows; the harvest has {manifest['num_contexts']} contexts")
     if not spec.loop and spec.drop_last and bound < spec.batch_size:
-        raise StreamSpecError(f"{spec.harvest}: at most {bound} rows in seq_range={spec.seq_range}, fewer than batch_size={spec.batch_size}; use loop=True or a smaller batch")
+        raise StreamSpecError(f"{spec.harvest}: at most {bound} rows in seq_range={spec.seq_range}, fewer than "
+                              f"batch_size={spec.batch_size}; use loop=True or a smaller batch")
     return _Plan(replace(spec), fs, shards, int(manifest["d_model"]), 1 + len(aligned))  # a copy: later edits to spec change nothing
 
 

@@ -1,7 +1,7 @@
 """Model references as people type them ("org/model@step1000", "./tiny", "smollm2-135m").
 
 Pure parsing (no torch, no transformers), so flows.preflight can tell a local directory from a
-hub id in milliseconds; infra.models re-exports everything here and does the loading.
+hub id in milliseconds; infra.lm.models re-exports everything here and does the loading.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ PACKAGED_SMOLLM2 = "smollm2-135m"
 """Alias of SmolLM2-135M-Instruct (Llama, 30 layers, d_model 576), loadable offline."""
 
 SUPPORTED_FAMILIES = ("gpt2", "gpt_neox", "llama")
-"""``config.model_type`` values whose blocks infra.hookpoints knows how to hook."""
+"""``config.model_type`` values whose blocks infra.lm.hookpoints knows how to hook."""
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 _REVISION = re.compile(r"^[\w./-]+$")

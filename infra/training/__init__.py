@@ -1,0 +1,1 @@
+"""Training dictionaries on a stream: the group loop with checkpoints, shared by sweeps and diffs."""
