@@ -61,7 +61,7 @@ def test_cli_rejects_mismatched_saes_in_one_line_before_compute(sweep_like, tmp_
                      "--set", f"root={tmp_path / 'root'}"])
         err = capsys.readouterr().err.strip()
         assert code == 2 and len(err.splitlines()) == 1, err
-        assert err.startswith("saeflow features: error: defaults: saes: SAE ") and message in err
+        assert err.startswith("saeflow features: error: --set saes: SAE ") and message in err
     assert main(["features", "--set", f"saes={tmp_path}/none", "--set", f"harvest={sweep_like['harvest']}"]) == 2
     assert "neither an SAE directory" in capsys.readouterr().err
     assert not (tmp_path / "root").exists()
