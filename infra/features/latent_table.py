@@ -60,8 +60,12 @@ def validate_frame(frame: pd.DataFrame, schema: pa.DataFrameSchema, where: str) 
 
 
 def sparse_table(latent_N: np.ndarray, seq_N: np.ndarray, pos_N: np.ndarray, value_N: np.ndarray) -> arrow.Table:
-    """The rows sorted by (latent, value descending, seq_id, pos): the order both queries rely on."""
-    order = np.lexsort((pos_N, seq_N, -value_N, latent_N))
+    """The rows sorted by (latent, value descending, seq_id, pos): the order both queries rely on.
+
+    Rows arrive in (seq_id, pos) order (a shard's rows, row-major non-zeros) and lexsort is stable,
+    so sorting on two keys gives the four-key order at half the cost.
+    """
+    order = np.lexsort((-value_N, latent_N))
     return arrow.Table.from_arrays(
         [arrow.array(latent_N[order].astype(np.int32)), arrow.array(seq_N[order].astype(np.int64)),
          arrow.array(pos_N[order].astype(np.int32)), arrow.array(value_N[order].astype(np.float32))], schema=SCHEMA,
