@@ -1,7 +1,8 @@
 """The offline demo: the whole pipeline on embedded defaults, on a laptop-sized budget.
 
 harvest two hookpoints of the packaged SmolLM2-135M on Python's own docs -> sweep TopK and ReLU
-SAEs on one of them -> diff two checkpoints of a small GPT-NeoX trained here -> print where
+SAEs on one of them -> describe their latents (features stage, feature browser) -> diff two
+checkpoints of a small GPT-NeoX trained here -> print where
 every report is. Everything is cached: a second run returns in seconds.
 Run: `python -m flows.demo` (or `make demo`).
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 from prefect import flow
 
 from flows.diff import DiffSpec, diff
+from flows.features import FeaturesSpec, features
 from flows.harvest import HarvestSpec, harvest
 from flows.specs import DemoSpec  # re-exported: the flow's parameter type
 from flows.sweep import SweepSpec, sweep
@@ -20,7 +22,7 @@ from tasks.demo import demo_summary_task, make_checkpoint_pair_task
 
 @flow(name="saeflow-demo", log_prints=True)
 def demo(spec: DemoSpec = DemoSpec()) -> str:
-    """Harvest -> sweep -> diff, all offline; returns the demo summary's URI."""
+    """Harvest -> sweep -> features -> diff, all offline; returns the demo summary's URI."""
     root = absolute_root(spec.root)
     harvest_uri = harvest(HarvestSpec(hookpoints=spec.hookpoints, num_tokens=spec.harvest_tokens, root=root))
     sweep_report = sweep(
@@ -30,6 +32,9 @@ def demo(spec: DemoSpec = DemoSpec()) -> str:
             batch_size=1024, warmup_steps=20, eval_contexts=16, splice_contexts=8, checkpoint_every=50, root=root,
         )
     )
+    # The sweep's SAEs live in {root}/saes/{sweep_id}; its report in {root}/evals/{sweep_id}/report.md.
+    sweep_id = sweep_report.rstrip("/").split("/")[-2]
+    browser = features(FeaturesSpec(saes=f"{root}/saes/{sweep_id}", harvest=harvest_uri, contexts=16, root=root))
     checkpoints = make_checkpoint_pair_task(root, "smollm2-135m", early_step=20, late_step=120)
     diff_report = diff(
         DiffSpec(
@@ -38,7 +43,8 @@ def demo(spec: DemoSpec = DemoSpec()) -> str:
             eval_contexts=16, checkpoint_every=100, root=root,
         )
     )
-    stages = {"activations (query with Arrow)": harvest_uri, "sweep report": sweep_report, "diff report": diff_report}
+    stages = {"activations (query with Arrow)": harvest_uri, "sweep report": sweep_report, "feature browser": browser,
+              "diff report": diff_report}
     summary = demo_summary_task(root, stages)
     for stage, uri in stages.items():
         print(f"{stage}: {uri}")

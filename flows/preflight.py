@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from flows.specs import DemoSpec, DiffSpec, HarvestSpec, SweepSpec, SyntheticDemoSpec
+from flows.specs import DemoSpec, DiffSpec, FeaturesSpec, HarvestSpec, SweepSpec, SyntheticDemoSpec
 from infra.lm.hookpoint_names import Hookpoint, HookpointError
 from infra.lm.model_refs import PACKAGED_SMOLLM2, SUPPORTED_FAMILIES, ModelError, ModelRef, model_cache_root
 
@@ -50,7 +50,7 @@ class HookpointRangeError(PreflightError, HookpointError):
     """A hookpoint beyond the model's depth; catchable as infra.lm.hookpoints.HookpointError too."""
 
 
-def preflight(spec: HarvestSpec | SweepSpec | DiffSpec | DemoSpec | SyntheticDemoSpec) -> None:
+def preflight(spec: HarvestSpec | SweepSpec | DiffSpec | DemoSpec | SyntheticDemoSpec | FeaturesSpec) -> None:
     """Run every compute-free check of a spec; raises the first PreflightError."""
     if isinstance(spec, (DemoSpec, SyntheticDemoSpec)):
         check_storage(spec.root, "root", None, secret_hint=False)
@@ -60,6 +60,8 @@ def preflight(spec: HarvestSpec | SweepSpec | DiffSpec | DemoSpec | SyntheticDem
         check_sweep(spec)
     elif isinstance(spec, DiffSpec):
         check_diff(spec)
+    elif isinstance(spec, FeaturesSpec):
+        check_features(spec)
     else:
         raise TypeError(f"no preflight for {type(spec).__name__}")
 
@@ -248,3 +250,36 @@ def tokenizer_vocab(model: str) -> Any:
         return None  # unreadable here: the flow's tokenizer check (transformers) has the last word
     added = sorted((t.get("content"), t.get("id")) for t in data.get("added_tokens") or [])
     return (data.get("model") or {}).get("vocab"), added
+
+
+def check_features(spec: FeaturesSpec) -> None:
+    """Storage; a local harvest's manifest; each local SAE's cfg.json against it (d_in, hookpoint, model)."""
+    from infra.features.inputs import FeaturesInputError, check_one_hookpoint, check_sae_fits
+
+    check_storage(spec.root, "root", spec.storage_secret)
+    check_storage(spec.harvest, "harvest", spec.storage_secret)
+    check_storage(spec.saes, "saes", spec.storage_secret)
+    manifest = local_manifest(spec.harvest)
+    if manifest == {}:
+        raise PreflightError("harvest", f"{spec.harvest} has no {MANIFEST_FILE}: run the harvest flow first (missing or unfinished)")
+    if "://" in spec.saes and not spec.saes.startswith("file://"):
+        return  # object storage: the flow's plan task reads the cfg.json files
+    folder = Path(spec.saes.removeprefix("file://")).expanduser()
+    dirs = [folder] if (folder / "cfg.json").is_file() else sorted(p for p in folder.glob("*") if (p / "cfg.json").is_file())
+    if not dirs:
+        raise PreflightError("saes", f"{folder} is neither an SAE directory (cfg.json) nor a folder of them")
+    if manifest is None:
+        return
+    if spec.contexts > manifest.get("num_contexts", 0):
+        raise PreflightError("contexts", f"contexts={spec.contexts}: harvest {spec.harvest} has {manifest.get('num_contexts')} contexts")
+    hooks = {}
+    try:
+        for directory in dirs:
+            try:
+                cfg = json.loads((directory / "cfg.json").read_text())
+            except (OSError, ValueError) as error:
+                raise PreflightError("saes", f"{directory / 'cfg.json'} is not readable JSON: {error}") from None
+            hooks[directory.name] = check_sae_fits(str(directory), cfg, manifest, spec.harvest, spec.hookpoint)
+        check_one_hookpoint(hooks)
+    except FeaturesInputError as error:
+        raise PreflightError("saes", str(error)) from None

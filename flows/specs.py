@@ -209,3 +209,32 @@ class DemoSpec(BaseModel):
     hookpoints: list[str] = Field(["blocks.6.hook_resid_post", "blocks.12.hook_resid_post"], min_length=1, description="Hookpoints harvested.")
     sweep_tokens: int = Field(131_072, ge=1024, description="Training tokens per SAE of the sweep.")
     diff_tokens: int = Field(8_192, ge=512, description="Tokens harvested per checkpoint for the diff.")
+
+
+class FeaturesSpec(BaseModel):
+    """Which SAEs to describe, on which harvest's rows, how many examples, and where the tables go."""
+
+    saes: str = Field(..., min_length=1, description="An SAELens-format SAE directory, or a folder of them (a sweep's saes/{sweep_id}).")
+    harvest: str = Field(..., min_length=1, description="URI of a committed harvest of the SAEs' model and hookpoint.")
+    hookpoint: str | None = Field(None, description="Hookpoint to read; defaults to the SAEs' cfg.json hook_name.")
+    contexts: int = Field(16, ge=0, description="The harvest's last N contexts (a sweep's held-out split for its eval_contexts); 0 = all.")
+    exclude_special: bool = Field(True, description="Skip BOS/EOS tokens (SAEs are trained without them).")
+    top_examples: int = Field(10, ge=1, description="Top-activating examples per latent.")
+    quantile_bins: int = Field(4, ge=1, description="Equal-count activation bins per latent that examples are drawn from.")
+    per_bin: int = Field(2, ge=1, description="Examples drawn uniformly from each quantile bin.")
+    window_left: int = Field(12, ge=0, description="Context tokens shown before an example's token.")
+    window_right: int = Field(4, ge=0, description="Context tokens shown after it.")
+    histogram_bins: int = Field(24, ge=1, description="Bins of each latent's activation histogram.")
+    logit_tokens: int = Field(10, ge=1, description="Promoted / suppressed tokens of the logit lens.")
+    ablation_latents: int = Field(16, ge=-1, description="Live latents (lowest index first) whose top examples are ablated; -1 = all.")
+    ablation_examples: int = Field(2, ge=0, description="Top examples per latent that are ablated.")
+    ablation_window: int = Field(12, ge=1, description="Earlier tokens removed one at a time.")
+    seed: int = Field(0, description="Seed of the quantile-bin sampling.")
+    # From here on: where and how the stage runs, never what it computes (none enters the id).
+    encode_batch: int = Field(4096, ge=1, description="Rows per SAE encode batch.")
+    num_actors: int = Field(1, ge=1, description="Ray actors over shards and SAEs (one GPU each where there are GPUs).")
+    root: str = Field("./artifacts", min_length=1, description="Storage root: a path, file:// or s3:// URL.")
+    ray_address: str | None = Field(None, description="Ray cluster address; local loopback-only Ray when empty.")
+    storage_secret: str | None = Field(None, description="Prefect Secret block with S3 credentials; else the environment.")
+
+    _hookpoint = field_validator("hookpoint")(lambda cls, v: v if v is None else check_hookpoint(v))

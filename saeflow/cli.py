@@ -4,6 +4,7 @@
     saeflow harvest spec.yaml --set num_tokens=4096 --set hookpoints=[blocks.1.hook_resid_post]
     saeflow sweep sweep.yaml --set harvest_spec.num_tokens=100000
     saeflow diff diff.yaml
+    saeflow features --set saes=./artifacts/saes/<sweep_id> --set harvest=./artifacts/activations/<id>
     saeflow query ./artifacts/activations/<id> --hookpoint blocks.1.hook_resid_post --seq-id 3
     saeflow query --results ./artifacts/evals/<sweep_id>/results.parquet
     saeflow serve | saeflow deploy --api-url http://127.0.0.1:4200/api
@@ -51,6 +52,11 @@ def run_flow(command: str, spec: BaseModel) -> list[tuple[str, str]]:
         report = sweep(spec)
         folder = report.rsplit("/", 1)[0]
         return [("report", report), ("results", f"{folder}/results.parquet")]
+    if command == "features":
+        from flows.features import features
+
+        browser = features(spec)
+        return [("browser", browser), ("manifest", f"{browser.rsplit('/', 1)[0]}/_manifest.json")]
     from flows.diff import diff
 
     report = diff(spec)
@@ -172,6 +178,7 @@ FLOW_HELP = {
     "harvest": "Harvest LM activations to Parquet (HarvestSpec) and print the harvest URI.",
     "sweep": "Train and evaluate a grid of SAEs on a harvest (SweepSpec) and print the report/results URIs.",
     "diff": "Diff two or more checkpoints with a crosscoder (DiffSpec) and print the report URI.",
+    "features": "Top examples, histograms, logit lens and ablations of every latent of an SAE or sweep (FeaturesSpec); prints the browser URI.",
 }
 
 

@@ -9,6 +9,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import TaskRunContext
 
+from infra.features.mcs import mcs_section
 from infra.ids import spec_hash
 from infra.storage import join, read_json, write_bytes_atomic
 from infra.sweep.grid import K_ARCHITECTURES, SweepPlan, group_points, memory_budget_bytes, plan_sweep
@@ -107,6 +108,9 @@ def report_task(planned: dict[str, Any], results_uri: str) -> str:
         + "\n".join(f"![{name[:-4]}](plots/{name})" for name in plot_uris)
         + f"\n\nResults table: `{results_uri}`\n"
     )
+    # Decoder similarity between the finished SAEs (across dictionary sizes especially): which features persist, which split.
+    finished = frame[frame["status"] == "finished"]
+    markdown += mcs_section(folder, dict(zip(finished["sae_id"], finished["sae_uri"], strict=True)))
     report_uri = join(folder, "report.md")
     write_bytes_atomic(report_uri, markdown.encode())
     create_table_artifact(table=table.to_dict(orient="records"), key="sweep-results", description=f"Sweep {plan.sweep_id}")

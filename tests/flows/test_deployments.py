@@ -33,7 +33,8 @@ OFFLINE_ENV = {
     "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
 }
 SCHEDULER_TIMEOUT_S = 60
-EXPECTED = {"synthetic-demo": "synthetic-demo", "saeflow-demo": "saeflow-demo", "harvest": "harvest", "sweep": "sweep", "diff": "diff"}
+EXPECTED = {"synthetic-demo": "synthetic-demo", "saeflow-demo": "saeflow-demo", "harvest": "harvest", "sweep": "sweep", "diff": "diff",
+            "features": "features"}
 RUN_TIMEOUT_S = 240
 
 

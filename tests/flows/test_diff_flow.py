@@ -9,10 +9,10 @@ import pytest
 from pydantic import ValidationError
 
 import infra.ray_pool
-from infra.lm.checkpoint_pair import make_checkpoint_pair
 from flows.diff import DiffSpec, diff
 from infra.diff.crosscoder_store import load_crosscoder
 from infra.diff.plan import DiffSpecError
+from infra.lm.checkpoint_pair import make_checkpoint_pair
 from infra.lm.hookpoints import HookpointError
 from tests.infra.tiny_models import build_tiny_model, build_tokenizer
 

@@ -73,6 +73,7 @@ def test_sweep_trains_evaluates_reports_and_caches(stored_harvest, monkeypatch):
         assert len(features) == 128 and features["density"].between(0, 1).all()
     report = Path(report_uri).read_text()
     assert "| topk" in report
+    assert "## Decoder similarity across SAEs (MCS)" in report and "![mcs](plots/mcs.png)" in report
     # 72 training contexts x 31 non-BOS rows = 2232 rows; 120 x 256 tokens loop over them ~13.8 times.
     assert results["epochs"].round(2).eq(round(256 * 120 / (72 * 31), 2)).all()
     assert "13.76 epochs** (the stream looped" in report
