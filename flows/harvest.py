@@ -24,10 +24,10 @@ def harvest(spec: HarvestSpec = HarvestSpec()) -> str:
     values["root"] = absolute_root(values["root"])
     job = plan_harvest_task(values)
     summary = harvest_task(job, num_actors=spec.num_actors, ray_address=spec.ray_address)
-    checked = validate_harvest_task(job["harvest"])
-    print(f"harvest {job['harvest_id']}: {checked['rows']} rows x {len(checked['hookpoints'])} hookpoints, "
-          f"{checked['shards']} shards ({'cached' if summary['cached'] else 'harvested'}) -> {job['harvest']}")
-    return job["harvest"]
+    checked = validate_harvest_task(job.harvest)
+    print(f"harvest {job.harvest_id}: {checked['rows']} rows x {len(checked['hookpoints'])} hookpoints, "
+          f"{checked['shards']} shards ({'cached' if summary['cached'] else 'harvested'}) -> {job.harvest}")
+    return job.harvest
 
 
 if __name__ == "__main__":

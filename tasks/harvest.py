@@ -17,7 +17,7 @@ from tasks.retry import STORAGE_RETRY, retry_unless_bad_input
 
 
 @task(**STORAGE_RETRY, retry_condition_fn=retry_unless_bad_input)
-def plan_harvest_task(spec: dict[str, Any]) -> dict[str, Any]:
+def plan_harvest_task(spec: dict[str, Any]) -> HarvestJob:
     """Validate the spec against the model's config and write the packed tokens; returns the job."""
     token_spec = TokenSpec(
         source=spec["source"],
@@ -27,7 +27,7 @@ def plan_harvest_task(spec: dict[str, Any]) -> dict[str, Any]:
         seed=spec["seed"],
         text_column=spec["text_column"],
     )
-    job = plan_harvest(
+    return plan_harvest(
         model=spec["model"],
         hookpoints=spec["hookpoints"],
         token_spec=token_spec,
@@ -36,7 +36,6 @@ def plan_harvest_task(spec: dict[str, Any]) -> dict[str, Any]:
         contexts_per_shard=spec["contexts_per_shard"],
         batch_contexts=spec["batch_contexts"],
     )
-    return job.to_dict()
 
 
 def harvest_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
@@ -45,14 +44,14 @@ def harvest_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> st
     Storage stays the source of truth: an unfinished or deleted harvest gets no key (no stale
     cache hit), and run_harvest itself returns a committed manifest without running the model.
     """
-    job = parameters["job"]
-    return f"harvest:{job['harvest_id']}" if exists(join(job["harvest"], MANIFEST_FILE)) else None
+    job: HarvestJob = parameters["job"]
+    return f"harvest:{job.harvest_id}" if exists(join(job.harvest, MANIFEST_FILE)) else None
 
 
 @task(**STORAGE_RETRY, retry_condition_fn=retry_unless_bad_input, cache_key_fn=harvest_cache_key, persist_result=True)
-def harvest_task(job: dict[str, Any], num_actors: int = 1, ray_address: str | None = None) -> dict[str, Any]:
+def harvest_task(job: HarvestJob, num_actors: int = 1, ray_address: str | None = None) -> dict[str, Any]:
     """Harvest every missing shard with a pool of Ray actors and commit the manifest."""
-    return run_harvest(HarvestJob(**job), num_actors=num_actors, ray_address=ray_address)
+    return run_harvest(job, num_actors=num_actors, ray_address=ray_address)
 
 
 @task(retries=2, retry_delay_seconds=2, retry_condition_fn=retry_unless_bad_input)

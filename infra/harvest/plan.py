@@ -109,7 +109,7 @@ def run_harvest(job: HarvestJob, num_actors: int = 1, ray_address: str | None = 
     started = time.perf_counter()
     if todo:
         ensure_ray(ray_address)
-        run_pool(ShardHarvester, (job.to_dict(),), "harvest", todo, num_actors, name_prefix=f"harvest-{job.harvest_id}")
+        run_pool(ShardHarvester, (job,), "harvest", todo, num_actors, name_prefix=f"harvest-{job.harvest_id}")
     manifest_uri = commit_harvest(job)
     return {"manifest": manifest_uri, "harvested_shards": len(todo), "cached": False, "seconds": time.perf_counter() - started}
 

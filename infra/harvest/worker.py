@@ -71,12 +71,12 @@ class ShardHarvester:
 
     def __init__(
         self,
-        job: HarvestJob | dict[str, Any],
+        job: HarvestJob,
         device: str | None = None,
         num_threads: int | None = None,
         model: torch.nn.Module | None = None,
     ) -> None:
-        self.job = job if isinstance(job, HarvestJob) else HarvestJob(**job)
+        self.job = job
         if num_threads:
             torch.set_num_threads(num_threads)
         # A caller may pass the already loaded model of job.model (benchmarks, repeated jobs).
