@@ -26,12 +26,17 @@ T = TypeVar("T")
 
 
 @contextmanager
-def flow_api(timeout: float = STARTUP_TIMEOUT_S) -> Iterator[str]:
-    """PREFECT_API_URL when one is configured; else a temporary loopback API server for the block."""
+def flow_api(timeout: float = STARTUP_TIMEOUT_S, while_starting: Callable[[], object] | None = None) -> Iterator[str]:
+    """PREFECT_API_URL when one is configured; else a temporary loopback API server for the block.
+
+    while_starting() runs while the server boots (e.g. the flow's imports), so the two overlap.
+    """
     import prefect
     from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
 
     if PREFECT_API_URL.value():
+        if while_starting is not None:
+            while_starting()
         yield PREFECT_API_URL.value()
         return
     port = free_port()
@@ -44,6 +49,8 @@ def flow_api(timeout: float = STARTUP_TIMEOUT_S) -> Iterator[str]:
                       "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
                       "--log-level", "error", "--lifespan", "on"], env, "temporary Prefect API", log_dir / "server.log")
     try:
+        if while_starting is not None:
+            while_starting()
         wait_healthy(api_url, timeout, server)
         with temporary_settings({PREFECT_API_URL: api_url}):
             try:
@@ -83,12 +90,12 @@ def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def run_from_terminal(run: Callable[[], T], label: str) -> T | int:
+def run_from_terminal(run: Callable[[], T], label: str, while_starting: Callable[[], object] | None = None) -> T | int:
     """run() under a temporary API; Ctrl-C or SIGTERM -> a one-line note and EXIT_INTERRUPTED in seconds."""
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     ray_before = ray_running()  # a caller's Ray (a test session, a notebook) is the caller's to stop
     try:
-        with flow_api():
+        with flow_api(while_starting=while_starting):
             return run()
     except KeyboardInterrupt:
         print(f"saeflow {label}: interrupted. Finished work is kept in storage: run the same command again to "
