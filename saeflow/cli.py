@@ -5,6 +5,7 @@
     saeflow sweep sweep.yaml --set harvest_spec.num_tokens=100000
     saeflow diff diff.yaml
     saeflow features --set saes=./artifacts/saes/<sweep_id> --set harvest=./artifacts/activations/<id>
+    saeflow steer --set sae=./artifacts/saes/<sweep_id>/<sae_id> --set latents=[12] --set scales=[4]
     saeflow query ./artifacts/activations/<id> --hookpoint blocks.1.hook_resid_post --seq-id 3
     saeflow query --results ./artifacts/evals/<sweep_id>/results.parquet
     saeflow serve | saeflow deploy --api-url http://127.0.0.1:4200/api
@@ -57,6 +58,12 @@ def run_flow(command: str, spec: BaseModel) -> list[tuple[str, str]]:
 
         browser = features(spec)
         return [("browser", browser), ("manifest", f"{browser.rsplit('/', 1)[0]}/_manifest.json")]
+    if command == "steer":
+        from flows.steer import steer
+
+        report = steer(spec)
+        folder = report.rsplit("/", 1)[0]
+        return [("report", report), ("generations", f"{folder}/generations.parquet"), ("manifest", f"{folder}/_manifest.json")]
     from flows.diff import diff
 
     report = diff(spec)
@@ -179,6 +186,7 @@ FLOW_HELP = {
     "sweep": "Train and evaluate a grid of SAEs on a harvest (SweepSpec) and print the report/results URIs.",
     "diff": "Diff two or more checkpoints with a crosscoder (DiffSpec) and print the report URI.",
     "features": "Top examples, histograms, logit lens and ablations of every latent of an SAE or sweep (FeaturesSpec); prints the browser URI.",
+    "steer": "Generate with SAE latents added/clamped or a contrastive vector added, beside the baseline; ablations (SteerSpec); prints the report URI.",
 }
 
 
