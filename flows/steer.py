@@ -12,7 +12,7 @@ from flows.preflight import preflight
 from flows.specs import SteerSpec  # the spec is Prefect-free (the CLI imports it alone); re-exported here
 from infra.storage import absolute_root
 from tasks.credentials import apply_storage_secret
-from tasks.steer import plan_steer_task, publish_steer_task, run_steer_task
+from tasks.steer import plan_steer_task, publish_steer_task, run_steer_task, steer_pairs_task
 
 
 @flow(name="steer", log_prints=True)
@@ -25,6 +25,9 @@ def steer(spec: SteerSpec) -> str:
                             **local, "settings": spec.settings()})
     result = run_steer_task(plan, ray_address=spec.ray_address)
     report = publish_steer_task(plan, result)
+    for pair in steer_pairs_task(plan):
+        print(f"{pair['prompt']!r} [{pair['condition']}: {pair['description']}] KL(next)={pair['kl_next']:.3g}\n"
+              f"  baseline: {pair['baseline_text']!r}\n  steered:  {pair['steered_text']!r}")
     print(f"steer {plan['steer_id']}: {len(plan['prompts'])} prompts at {plan['hookpoint']} "
           f"({'cached' if result['cached'] else 'computed'}) -> report {report}")
     return report

@@ -43,3 +43,23 @@ def publish_steer_task(plan: dict[str, Any], result: dict[str, Any]) -> str:
     """The report as a Prefect markdown artifact; returns the report's URI."""
     create_markdown_artifact(markdown=read_bytes(result["report"]).decode(), key="steer", description=f"Steering {plan['steer_id']}")
     return result["report"]
+
+
+@task(**STORAGE_RETRY, retry_condition_fn=retry_unless_bad_input)
+def pick_feature_task(features: str, sae_index: int = 0) -> dict[str, Any]:
+    """A latent of a committed features stage to steer with (infra.steer.pick)."""
+    from infra.steer.pick import pick_feature
+
+    return pick_feature(features, sae_index)
+
+
+@task
+def steer_pairs_task(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    """Small records of the generations table (prompt, condition, baseline, steered, KL) for printing."""
+    from infra.parquet_io import read_parquet
+
+    uri = join(plan["steer"], "generations.parquet")
+    if not exists(uri):
+        return []
+    frame = read_parquet(uri).to_pandas()
+    return frame[["prompt", "condition", "description", "baseline_text", "steered_text", "kl_next"]].to_dict("records")
