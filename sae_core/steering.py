@@ -119,11 +119,15 @@ def latent_replacement(mode: str, rows: int, latent_mean: float | None = None, p
 
 
 def next_token_shift(logits_base_V: Tensor, logits_steered_V: Tensor, k: int) -> dict[str, object]:
-    """KL(base || steered) of the next-token distribution, and the k tokens whose log-prob rose most."""
+    """KL(base || steered) of the next-token distribution, and the k tokens whose probability rose most.
+
+    Ranked by probability, not log-probability: a log-prob ranking is led by tokens that went from
+    1e-9 to 1e-7, which no generation will ever show (measured on SmolLM2).
+    """
     logp_base_V = F.log_softmax(logits_base_V.float(), dim=-1)
     logp_steer_V = F.log_softmax(logits_steered_V.float(), dim=-1)
     kl = float((logp_base_V.exp() * (logp_base_V - logp_steer_V)).sum())
-    delta_V = logp_steer_V - logp_base_V
+    delta_V = logp_steer_V.exp() - logp_base_V.exp()
     top = delta_V.topk(min(k, delta_V.shape[-1]))
     return {"kl": kl, "promoted_ids": top.indices.tolist(), "promoted_deltas": top.values.tolist(),
             "top_base": int(logp_base_V.argmax()), "top_steered": int(logp_steer_V.argmax())}

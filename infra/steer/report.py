@@ -25,9 +25,10 @@ def number(value: float) -> str:
 
 def generations_section(frame: pd.DataFrame) -> list[str]:
     """Per prompt and condition: baseline | steered | KL | promoted tokens."""
-    lines = ["## Generations", "", "| prompt | condition | baseline | steered | KL(next) | promoted next tokens |", "|---|---|---|---|---|---|"]
+    header = "| prompt | condition | baseline | steered | KL(next) | promoted next tokens (probability change) |"
+    lines = ["## Generations", "", header, "|---|---|---|---|---|---|"]
     for row in frame.itertuples():
-        promoted = ", ".join(f"`{cell(t, 20)}` {d:+.2f}" for t, d in list(zip(row.promoted_tokens, row.promoted_deltas))[:5])
+        promoted = ", ".join(f"`{cell(t, 20)}` {d:+.3f}" for t, d in list(zip(row.promoted_tokens, row.promoted_deltas))[:5])
         lines.append(f"| {cell(row.prompt, 60)} | {row.condition}: {cell(row.description, 60)} | {cell(row.baseline_text)} | "
                      f"{cell(row.steered_text)} | {number(row.kl_next)} | {promoted} |")
     return lines + [""]
