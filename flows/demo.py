@@ -1,7 +1,8 @@
 """The offline demo: the whole pipeline on embedded defaults, on a laptop-sized budget.
 
 harvest two hookpoints of the packaged SmolLM2-135M on Python's own docs -> sweep TopK and ReLU
-SAEs on one of them -> describe their latents (features stage, feature browser) -> diff two
+SAEs on one of them -> describe their latents (features stage, feature browser) -> steer with one
+of them (both generations printed) -> diff two
 checkpoints of a small GPT-NeoX trained here -> print where
 every report is. Everything is cached: a second run returns in seconds.
 Run: `python -m flows.demo` (or `make demo`).
@@ -15,9 +16,11 @@ from flows.diff import DiffSpec, diff
 from flows.features import FeaturesSpec, features
 from flows.harvest import HarvestSpec, harvest
 from flows.specs import DemoSpec  # re-exported: the flow's parameter type
+from flows.steer import SteerSpec, steer
 from flows.sweep import SweepSpec, sweep
 from infra.storage import absolute_root
 from tasks.demo import demo_summary_task, make_checkpoint_pair_task
+from tasks.steer import pick_feature_task
 
 
 @flow(name="saeflow-demo", log_prints=True)
@@ -35,6 +38,13 @@ def demo(spec: DemoSpec = DemoSpec()) -> str:
     # The sweep's SAEs live in {root}/saes/{sweep_id}; its report in {root}/evals/{sweep_id}/report.md.
     sweep_id = sweep_report.rstrip("/").split("/")[-2]
     browser = features(FeaturesSpec(saes=f"{root}/saes/{sweep_id}", harvest=harvest_uri, contexts=16, root=root))
+    # One feature the features stage found, added (4 x the typical norm) and clamped (2 x its max activation).
+    feature = pick_feature_task(browser.rsplit("/", 1)[0])
+    steer_report = steer(SteerSpec(
+        sae=feature["sae"], harvest=harvest_uri, prompts=["The weather today is", "In Python, a list"], latents=[feature["latent"]],
+        scales=[4.0], clamp_latents=[feature["latent"]], clamp_values=[2 * feature["max_activation"]], max_new_tokens=16,
+        ablation_latents=[feature["latent"]], contexts=4, root=root,
+    ))
     checkpoints = make_checkpoint_pair_task(root, "smollm2-135m", early_step=20, late_step=120)
     diff_report = diff(
         DiffSpec(
@@ -44,7 +54,7 @@ def demo(spec: DemoSpec = DemoSpec()) -> str:
         )
     )
     stages = {"activations (query with Arrow)": harvest_uri, "sweep report": sweep_report, "feature browser": browser,
-              "diff report": diff_report}
+              "steering report": steer_report, "diff report": diff_report}
     summary = demo_summary_task(root, stages)
     for stage, uri in stages.items():
         print(f"{stage}: {uri}")

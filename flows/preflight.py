@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from flows.specs import DemoSpec, DiffSpec, FeaturesSpec, HarvestSpec, SweepSpec, SyntheticDemoSpec
+from flows.specs import DemoSpec, DiffSpec, FeaturesSpec, HarvestSpec, SteerSpec, SweepSpec, SyntheticDemoSpec
 from infra.lm.hookpoint_names import Hookpoint, HookpointError
 from infra.lm.model_refs import PACKAGED_SMOLLM2, SUPPORTED_FAMILIES, ModelError, ModelRef, model_cache_root
 
@@ -50,7 +50,7 @@ class HookpointRangeError(PreflightError, HookpointError):
     """A hookpoint beyond the model's depth; catchable as infra.lm.hookpoints.HookpointError too."""
 
 
-def preflight(spec: HarvestSpec | SweepSpec | DiffSpec | DemoSpec | SyntheticDemoSpec | FeaturesSpec) -> None:
+def preflight(spec: HarvestSpec | SweepSpec | DiffSpec | DemoSpec | SyntheticDemoSpec | FeaturesSpec | SteerSpec) -> None:
     """Run every compute-free check of a spec; raises the first PreflightError."""
     if isinstance(spec, (DemoSpec, SyntheticDemoSpec)):
         check_storage(spec.root, "root", None, secret_hint=False)
@@ -62,6 +62,8 @@ def preflight(spec: HarvestSpec | SweepSpec | DiffSpec | DemoSpec | SyntheticDem
         check_diff(spec)
     elif isinstance(spec, FeaturesSpec):
         check_features(spec)
+    elif isinstance(spec, SteerSpec):
+        check_steer(spec)
     else:
         raise TypeError(f"no preflight for {type(spec).__name__}")
 
@@ -283,3 +285,34 @@ def check_features(spec: FeaturesSpec) -> None:
         check_one_hookpoint(hooks)
     except FeaturesInputError as error:
         raise PreflightError("saes", str(error)) from None
+
+
+def check_steer(spec: SteerSpec) -> None:
+    """Storage; the model's config; a local SAE's cfg.json against it (hookpoint, d_in, every latent named); a local harvest."""
+    from infra.steer.inputs import SteerInputError, check_latents, check_sae_cfg
+
+    check_storage(spec.root, "root", spec.storage_secret)
+    config = model_config(spec.model, "model")
+    d_model = config_value(config, "hidden_size", "n_embd", "d_model") if config else None
+    hookpoint = spec.hookpoint
+    if spec.sae and ("://" not in spec.sae or spec.sae.startswith("file://")):
+        path = Path(spec.sae.removeprefix("file://")).expanduser() / "cfg.json"
+        if not path.is_file():
+            raise PreflightError("sae", f"{path.parent} is not an SAE directory (no cfg.json)")
+        try:
+            cfg = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            raise PreflightError("sae", f"{path} is not readable JSON: {error}") from None
+        try:
+            hookpoint = check_sae_cfg(spec.sae, cfg, spec.hookpoint, d_model)
+            for key in ("latents", "clamp_latents", "ablation_latents"):
+                check_latents(getattr(spec, key), cfg["d_sae"], key)
+        except SteerInputError as error:
+            key = str(error).split(":", 1)[0] if str(error).split(":", 1)[0] in ("latents", "clamp_latents", "ablation_latents") else "sae"
+            raise PreflightError(key, str(error).removeprefix(f"{key}: ")) from None
+    if hookpoint:
+        check_model_fits(config, spec.model, [hookpoint], "hookpoint", 2, "model")
+    if spec.harvest:
+        check_storage(spec.harvest, "harvest", spec.storage_secret)
+        if local_manifest(spec.harvest) == {}:
+            raise PreflightError("harvest", f"{spec.harvest} has no {MANIFEST_FILE}: run the harvest flow first (missing or unfinished)")

@@ -5,6 +5,7 @@
     saeflow sweep sweep.yaml --set harvest_spec.num_tokens=100000
     saeflow diff diff.yaml
     saeflow features --set saes=./artifacts/saes/<sweep_id> --set harvest=./artifacts/activations/<id>
+    saeflow steer --set sae=./artifacts/saes/<sweep_id>/<sae_id> --set latents=[12] --set scales=[4]
     saeflow query ./artifacts/activations/<id> --hookpoint blocks.1.hook_resid_post --seq-id 3
     saeflow query --results ./artifacts/evals/<sweep_id>/results.parquet
     saeflow serve | saeflow deploy --api-url http://127.0.0.1:4200/api
@@ -41,6 +42,7 @@ FLOW_FUNCTIONS = {
     "harvest": ("flows.harvest", "harvest"),
     "sweep": ("flows.sweep", "sweep"),
     "features": ("flows.features", "features"),
+    "steer": ("flows.steer", "steer"),
     "diff": ("flows.diff", "diff"),
 }
 
@@ -55,7 +57,7 @@ def outputs_of(command: str, uri: str) -> list[tuple[str, str]]:
     """(label, uri) pairs to print for a flow's result, the main one first."""
     folder = uri.rsplit("/", 1)[0]
     extra = {"sweep": ("results", f"{folder}/results.parquet"), "diff": ("latents", f"{folder}/latents.parquet"),
-             "features": ("manifest", f"{folder}/_manifest.json")}
+             "features": ("manifest", f"{folder}/_manifest.json"), "steer": ("generations", f"{folder}/generations.parquet")}
     label = {"demo": "demo summary", "harvest": "harvest", "features": "browser"}.get(command, "report")
     return [(label, uri)] + ([extra[command]] if command in extra else [])
 
@@ -181,6 +183,7 @@ FLOW_HELP = {
     "sweep": "Train and evaluate a grid of SAEs on a harvest (SweepSpec) and print the report/results URIs.",
     "diff": "Diff two or more checkpoints with a crosscoder (DiffSpec) and print the report URI.",
     "features": "Top examples, histograms, logit lens and ablations of every latent of an SAE or sweep (FeaturesSpec); prints the browser URI.",
+    "steer": "Generate with SAE latents added/clamped or a contrastive vector added, beside the baseline; ablations (SteerSpec); prints the report URI.",
 }
 
 

@@ -17,10 +17,10 @@ class SpecError(Exception):
 
 def spec_classes() -> dict[str, type[BaseModel]]:
     """The flow specs by subcommand, from flows.specs: no Prefect, torch or Ray is imported to validate."""
-    from flows.specs import DemoSpec, DiffSpec, FeaturesSpec, HarvestSpec, SweepSpec, SyntheticDemoSpec
+    from flows.specs import DemoSpec, DiffSpec, FeaturesSpec, HarvestSpec, SteerSpec, SweepSpec, SyntheticDemoSpec
 
     return {"harvest": HarvestSpec, "sweep": SweepSpec, "diff": DiffSpec, "demo": DemoSpec,
-            "synthetic-demo": SyntheticDemoSpec, "features": FeaturesSpec}
+            "synthetic-demo": SyntheticDemoSpec, "features": FeaturesSpec, "steer": SteerSpec}
 
 
 def load_yaml(path: str | None) -> dict[str, Any]:

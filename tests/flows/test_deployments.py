@@ -34,7 +34,7 @@ OFFLINE_ENV = {
 }
 SCHEDULER_TIMEOUT_S = 60
 EXPECTED = {"synthetic-demo": "synthetic-demo", "saeflow-demo": "saeflow-demo", "harvest": "harvest", "sweep": "sweep", "diff": "diff",
-            "features": "features"}
+            "features": "features", "steer": "steer"}
 RUN_TIMEOUT_S = 240
 
 
