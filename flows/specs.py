@@ -105,6 +105,10 @@ class SweepSpec(BaseModel):
     )
     eval_contexts: int = Field(16, ge=1, description="Held-out contexts (never trained on) for evaluation.")
     splice_contexts: int = Field(8, ge=0, description="Held-out contexts for CE loss recovered / KL (0 skips the model).")
+    splice_ci_width: float | None = Field(
+        None, gt=0, description="Stop scoring splice contexts once the 95% bootstrap interval of ce_loss_recovered is at most this "
+        "wide (splice_contexts is then the most scored); empty scores all splice_contexts. Part of every id."
+    )
     checkpoint_every: int = Field(200, ge=1, description="Steps between resumable checkpoints.")
     shuffle_buffer: int = Field(65_536, ge=1, description="Rows in the shuffle buffer mixing shards.")
     max_group_size: int = Field(8, ge=1, description="Most SAEs trained on one shared stream.")

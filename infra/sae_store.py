@@ -8,6 +8,7 @@ checkpoint without it is ignored (it was interrupted mid-write).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import torch
@@ -17,7 +18,7 @@ from safetensors.torch import save as save_safetensors
 
 from infra.storage import exists, join, read_bytes, read_json, write_bytes_atomic, write_json_atomic
 from sae_core import SaeTrainer, SparseCoder, from_saelens, restore_trainer, to_saelens, trainer_state
-from sae_core.saelens_format import sparsity_tensor
+from sae_core.saelens_format import SAELENS_FORMAT_VERSION, sparsity_tensor
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
@@ -33,6 +34,14 @@ def _load_tensors(uri: str) -> dict[str, torch.Tensor]:
         raise ValueError(f"{uri}: not a readable safetensors file ({error})") from error
 
 
+def saelens_version() -> str:
+    """The installed sae-lens's version (what cfg.json is written for); the format's tested version without it."""
+    try:
+        return version("sae-lens")
+    except PackageNotFoundError:
+        return SAELENS_FORMAT_VERSION
+
+
 def save_sae(
     sae: SparseCoder,
     directory: str,
@@ -41,7 +50,9 @@ def save_sae(
     num_tokens: int = 0,
 ) -> str:
     """Export an SAE in SAELens's format under directory; cfg.json is written last."""
-    cfg, tensors = to_saelens(sae, metadata)
+    # The version of the installed SAELens, not a constant: it says which loader the file was checked against.
+    installed = saelens_version()
+    cfg, tensors = to_saelens(sae, {"sae_lens_version": installed, "sae_lens_training_version": installed, **(metadata or {})})
     write_bytes_atomic(join(directory, WEIGHTS_FILE), save_safetensors(tensors))
     if fire_count_F is not None:
         write_bytes_atomic(join(directory, SPARSITY_FILE), save_safetensors(sparsity_tensor(fire_count_F.cpu(), num_tokens)))

@@ -67,8 +67,8 @@ class SparseCoder(FiringTracker, nn.Module):
         row_norm = 1.0 if self.unit_norm_decoder else cfg.decoder_init_norm
         W_dec_FD = random_directions(d_sae, d_in, generator, norm=row_norm)
         self.W_dec = nn.Parameter(W_dec_FD)
-        # Encoder starts as the decoder transpose: each latent first reads the direction it writes.
-        self.W_enc = nn.Parameter(W_dec_FD.T.clone())
+        # Encoder starts as the (scaled) decoder transpose: each latent first reads the direction it writes.
+        self.W_enc = nn.Parameter(W_dec_FD.T.clone() * cfg.encoder_init_scale)
         self.b_enc = nn.Parameter(torch.zeros(d_sae))
         self.b_dec = nn.Parameter(torch.zeros(d_in))
         self.register_buffer("input_scale", torch.tensor(1.0))
@@ -87,7 +87,18 @@ class SparseCoder(FiringTracker, nn.Module):
             self.b_dec.copy_(xs_ND.mean(dim=0))
         elif self.cfg.b_dec_init == "geometric_median":
             self.b_dec.copy_(geometric_median(xs_ND))
+        self.init_firing_from_data(xs_ND)
         self.initialized.fill_(True)
+
+    @torch.no_grad()
+    def init_firing_from_data(self, xs_ND: Tensor) -> None:
+        """Set where latents start firing from scaled inputs (architectures with a threshold or gate)."""
+
+    @torch.no_grad()
+    def firing_quantile(self, xs_ND: Tensor) -> Tensor:
+        """[d_sae] pre-activation of each latent exceeded on cfg.init_firing_fraction of the sample."""
+        pre_NF = (xs_ND - self.b_dec) @ self.W_enc
+        return torch.quantile(pre_NF.float(), 1.0 - self.cfg.init_firing_fraction, dim=0)
 
     # -- the math --------------------------------------------------------------------------
     def scale_inputs(self, x_BD: Tensor) -> Tensor:

@@ -125,6 +125,17 @@ class SaeConfig:
     normalize_activations: bool = True
     """Scale inputs so their mean norm is sqrt(d_in); the scale is folded into exported weights."""
 
+    encoder_init_scale: float | None = None
+    """W_enc starts as this times W_dec^T. Default (None, filled in): d_in / d_sae for jumprelu and
+    gated, 1 for the others. With the plain transpose, pre-activations of unit-scale inputs are
+    O(1) for every latent, so about half of a JumpReLU's or Gated SAE's latents fire at step 0 and
+    the reconstruction error is ~20x the variance; TopK picks k regardless of scale (Gao et al.
+    2024 use the transpose). d_in / d_sae is the encoder scaling of Anthropic's 2025 JumpReLU recipe."""
+
+    init_firing_fraction: float = 0.01
+    """jumprelu / gated: the threshold (gate bias) of each latent is set from the first batch so it
+    fires on this fraction of tokens at step 0 (the starting L0 is this times d_sae)."""
+
     seed: int = 0
     """Seed of the weight initialisation."""
 
@@ -140,6 +151,13 @@ class SaeConfig:
         )
         if self.dead_after_tokens < 1:
             _reject(name, "dead_after_tokens", self.dead_after_tokens, "a positive integer")
+        if self.encoder_init_scale is None:
+            # Filled in, so the value an SAE was made with is in its config (and its id).
+            self.encoder_init_scale = self.d_in / self.d_sae if self.architecture in ("jumprelu", "gated") else 1.0
+        if not self.encoder_init_scale > 0:
+            _reject(name, "encoder_init_scale", self.encoder_init_scale, "a number > 0")
+        if not 0 < self.init_firing_fraction < 1:
+            _reject(name, "init_firing_fraction", self.init_firing_fraction, "a fraction in (0, 1)")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict of every field."""

@@ -28,6 +28,11 @@ class GatedSae(SparseCoder):
         self.b_mag = nn.Parameter(torch.zeros(cfg.d_sae))
         self.r_mag = nn.Parameter(torch.zeros(cfg.d_sae))
 
+    @torch.no_grad()
+    def init_firing_from_data(self, xs_ND: Tensor) -> None:
+        """b_gate so each gate opens on cfg.init_firing_fraction of the first batch; b_mag 0."""
+        self.b_gate.copy_(-self.firing_quantile(xs_ND))
+
     def pre_activation(self, xs_BD: Tensor) -> Tensor:
         """Gate pre-activation pi_gate = (x - b_dec) W_enc + b_gate."""
         return (xs_BD - self.b_dec) @ self.W_enc + self.b_gate

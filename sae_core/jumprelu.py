@@ -72,6 +72,13 @@ class JumpReluSae(SparseCoder):
         """Per-latent threshold theta [d_sae]."""
         return self.log_threshold.exp()
 
+    @torch.no_grad()
+    def init_firing_from_data(self, xs_ND: Tensor) -> None:
+        """Each latent's threshold where it fires on cfg.init_firing_fraction of the first batch (b_enc stays 0)."""
+        # A uniform start threshold lets every latent whose pre-activation is O(threshold) fire: half
+        # of them at step 0. Per-latent quantiles start the SAE sparse; the kernel then moves them.
+        self.log_threshold.copy_(self.firing_quantile(xs_ND).clamp_min(self.cfg.jumprelu_bandwidth).log())
+
     def latents(self, xs_BD: Tensor) -> tuple[Tensor, Tensor]:
         """JumpReLU of the pre-activation."""
         pre_BF = self.pre_activation(xs_BD)

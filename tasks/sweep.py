@@ -26,6 +26,7 @@ def plan_sweep_task(spec: dict[str, Any], harvest: str) -> dict[str, Any]:
     """Validate the grid against the harvest and lay out storage; returns the plan and its groups."""
     axes = {key: spec[key] for key in ("architectures", "expansion_factors", "ks", "sparsity_coefficients", "lrs", "seeds")}
     stage = {key: spec[key] for key in ("eval_contexts", "splice_contexts", "shuffle_buffer", "stream_seed", "checkpoint_every")}
+    stage["splice_ci_width"] = spec.get("splice_ci_width")
     plan = plan_sweep(
         spec["name"], spec["root"], harvest, spec["hookpoint"], axes, spec["train_tokens"], spec["batch_size"],
         spec["warmup_steps"], spec.get("autocast_bf16", "cuda"), **stage,
@@ -94,7 +95,8 @@ def report_task(planned: dict[str, Any], results_uri: str) -> str:
         plot_uris[name] = join(folder, "plots", name)
         write_bytes_atomic(plot_uris[name], png)
     columns = [c for c in ("sae_id", "status", "architecture", "d_sae", "k", "sparsity_coefficient", "lr", "l0", "explained_variance",
-                           "ce_loss_recovered", "kl_spliced", "ce_loss_recovered_random", "dead_fraction", "epochs", "device_seconds")
+                           "ce_loss_recovered", "ce_loss_recovered_ci_low", "ce_loss_recovered_ci_high",
+                           "kl_div_score", "kl_spliced", "ce_loss_recovered_random", "splice_contexts_used", "dead_fraction", "epochs", "device_seconds")
                if c in frame]
     table = frame[columns].round(4).astype(object)
     # k only means something for topk/batchtopk, the coefficient only for the others (both null in results).

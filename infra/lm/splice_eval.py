@@ -1,17 +1,20 @@
 """Downstream fidelity of an SAE: splice its reconstruction into the model and measure next-token loss.
 
-For each batch of contexts the model runs four times with the hookpoint's activation x_BSD:
-clean; replaced by the SAE's reconstruction x_hat = decode(encode(x)); replaced by zeros; and
+For each batch of contexts the model runs five times with the hookpoint's activation x_BSD:
+clean; replaced by the SAE's reconstruction x_hat = decode(encode(x)); replaced by zeros at
+every position (SAELens's ablation); replaced by zeros at non-special positions only; and
 replaced by x + e', where e' is a random error with the same norm and the same cosine to x as
 the SAE's error e = x_hat - x at every token. CE loss recovered (Bricken et al. 2023, "Towards
 Monosemanticity") puts the splice on a scale from zero ablation (0) to the clean model (1); the
 random baseline says whether the SAE's error hurts the model more than noise of its size and
-angle would (Gurnee 2024, "SAE reconstruction errors are (empirically) pathological").
+angle would (Gurnee 2024, "SAE reconstruction errors are (empirically) pathological"). How the
+scores are formed, and which one equals SAELens's, is in infra/lm/splice_scores.py.
 
-Special positions (BOS/EOS/padding, the harvest's ``special`` mask) are left clean in every
-intervention and predictions made FROM them are not scored: SAEs are trained without them (their
+Special positions (BOS/EOS/padding, the harvest's ``special`` mask) are never replaced by the
+SAE and predictions made FROM them are not scored: SAEs are trained without them (their
 activations are outliers, e.g. the BOS attention sink), and the token after an EOS starts an
-unrelated document, so including them would measure the packing, not the SAE.
+unrelated document. Sums are kept per context, so every score comes with a bootstrap interval
+over contexts (sae_core/bootstrap.py).
 """
 
 from __future__ import annotations
@@ -26,11 +29,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from infra.lm.hookpoints import Hookpoint, hooked_module, resolve_hookpoints
-from sae_core.metrics import ce_loss_recovered
+from infra.lm.splice_scores import CI_METRIC, score_interval, summarize
 
 SpliceFn = Callable[[Tensor], Tensor]
 """Anything mapping activations x_BSD to replacements x_hat_BSD (an SAE's round trip, identity, ...)."""
-INTERVENTIONS = ("spliced", "zero_ablation", "random_perturbation")
 
 
 def matched_random_perturbation(x_ND: Tensor, e_ND: Tensor, generator: torch.Generator) -> Tensor:
@@ -111,28 +113,22 @@ def _as_splice_fn(sae_or_fn: Any) -> SpliceFn:
     return round_trip
 
 
-def _loss_terms(logp_clean_BSV: Tensor, logits_BSV: Tensor, targets_BS: Tensor, scored_BS: Tensor) -> tuple[float, float]:
-    """(summed CE, summed KL(clean || run)) over scored predictions."""
+def _per_context_terms(logp_clean_BSV: Tensor, logits_BSV: Tensor, targets_BS: Tensor, ce_scored_BS: Tensor, kl_scored_BS: Tensor) -> tuple[Tensor, Tensor]:
+    """([B] summed CE over scored predictions, [B] summed KL(clean || run) over scored positions)."""
     logp_BSV = F.log_softmax(logits_BSV.float(), dim=-1)
-    ce_BS = -logp_BSV.gather(-1, targets_BS.unsqueeze(-1)).squeeze(-1)
+    ce_BS = -logp_BSV[:, :-1].gather(-1, targets_BS.unsqueeze(-1)).squeeze(-1)
     kl_BS = (logp_clean_BSV.exp() * (logp_clean_BSV - logp_BSV)).sum(dim=-1)
-    return float(ce_BS[scored_BS].sum()), float(kl_BS[scored_BS].sum())
+    return (ce_BS * ce_scored_BS).sum(dim=1).double().cpu(), (kl_BS * kl_scored_BS).sum(dim=1).double().cpu()
 
 
 def _score_batch(
-    model: nn.Module,
-    hookpoint: Hookpoint,
-    splice: SpliceFn,
-    ids_BS: Tensor,
-    special_BS: Tensor,
-    generator: torch.Generator,
-    ce_sums: dict[str, float],
-    kl_sums: dict[str, float],
-) -> int:
-    """Run clean and every intervention on one batch, add summed CE / KL in place; the number scored."""
+    model: nn.Module, hookpoint: Hookpoint, splice: SpliceFn, ids_BS: Tensor, special_BS: Tensor, generator: torch.Generator
+) -> dict[str, Tensor]:
+    """Run clean and every intervention on one batch; per-context ([B]) CE / KL sums and counts."""
     special_BS1 = special_BS.unsqueeze(-1)
-    # Logits at position t predict token t+1; a prediction made from a special position is not scored.
-    targets_BS, scored_BS = ids_BS[:, 1:], ~special_BS[:, :-1]
+    # Logits at position t predict token t+1: CE is scored from non-special positions (the last has
+    # no target); KL from every non-special position, the last included (SAELens's convention).
+    targets_BS, ce_scored_BS, kl_scored_BS = ids_BS[:, 1:], ~special_BS[:, :-1], ~special_BS
     captured: list[Tensor] = []
 
     def record(x_BSD: Tensor) -> Tensor:
@@ -140,11 +136,16 @@ def _score_batch(
         return x_BSD
 
     with replacing_activation(model, hookpoint, record):
-        logits_BSV = model(input_ids=ids_BS, use_cache=False).logits[:, :-1]
+        logits_BSV = model(input_ids=ids_BS, use_cache=False).logits
     logp_clean_BSV = F.log_softmax(logits_BSV.float(), dim=-1)
-    ce_sums["clean"] += float(-logp_clean_BSV.gather(-1, targets_BS.unsqueeze(-1)).squeeze(-1)[scored_BS].sum())
+    ce_clean_BS = -logp_clean_BSV[:, :-1].gather(-1, targets_BS.unsqueeze(-1)).squeeze(-1)
+    sums = {
+        "ce_clean": (ce_clean_BS * ce_scored_BS).sum(dim=1).double().cpu(),
+        "n_ce": ce_scored_BS.sum(dim=1).double().cpu(),
+        "n_kl": kl_scored_BS.sum(dim=1).double().cpu(),
+    }
     x_BSD = captured[0]
-    # Special positions stay clean in every run, so each run differs from clean only where scored.
+    # The SAE never sees special positions (it was trained without them), so they stay clean.
     x_hat_BSD = splice(x_BSD)
     if x_hat_BSD.shape != x_BSD.shape:
         raise ValueError(f"splice at {hookpoint.name}: reconstruction has shape {tuple(x_hat_BSD.shape)}, "
@@ -154,16 +155,16 @@ def _score_batch(
     noise_BSD = matched_random_perturbation(x_BSD.reshape(e_ND.shape), e_ND, generator).view(x_BSD.shape)
     replacements = {
         "spliced": x_hat_BSD,
-        "zero_ablation": torch.where(special_BS1, x_BSD, torch.zeros_like(x_BSD)),
+        # SAELens zeroes every position; the special-kept variant is saeflow's earlier baseline.
+        "zero_ablation": torch.zeros_like(x_BSD),
+        "zero_ablation_special_kept": torch.where(special_BS1, x_BSD, torch.zeros_like(x_BSD)),
         "random_perturbation": x_BSD + noise_BSD.to(x_BSD.dtype),
     }
     for name, x_new_BSD in replacements.items():
         with replacing_activation(model, hookpoint, lambda _x, x_new_BSD=x_new_BSD: x_new_BSD):
-            run_logits_BSV = model(input_ids=ids_BS, use_cache=False).logits[:, :-1]
-        ce, kl = _loss_terms(logp_clean_BSV, run_logits_BSV, targets_BS, scored_BS)
-        ce_sums[name] += ce
-        kl_sums[name] += kl
-    return int(scored_BS.sum())
+            run_logits_BSV = model(input_ids=ids_BS, use_cache=False).logits
+        sums[f"ce_{name}"], sums[f"kl_{name}"] = _per_context_terms(logp_clean_BSV, run_logits_BSV, targets_BS, ce_scored_BS, kl_scored_BS)
+    return sums
 
 
 @torch.no_grad()
@@ -175,8 +176,14 @@ def splice_metrics(
     special_NS: np.ndarray | Tensor | None = None,
     batch_contexts: int = 8,
     seed: int = 0,
+    target_ci_width: float | None = None,
 ) -> dict[str, float]:
-    """CE / KL of the model with the hookpoint spliced, zero-ablated and randomly perturbed, over the contexts."""
+    """CE / KL of the model with the hookpoint spliced, zero-ablated and randomly perturbed, with bootstrap intervals.
+
+    With target_ci_width, contexts are scored batch by batch and scoring stops once the 95%
+    interval of ce_loss_recovered is at most that wide (or the contexts run out; see
+    splice_contexts_used): the evaluation is sized by the precision asked for.
+    """
     (hookpoint,) = resolve_hookpoints(model.config, [hookpoint])
     ids_NS = torch.as_tensor(token_ids_NS)
     if ids_NS.ndim != 2 or ids_NS.shape[1] < 2 or ids_NS.shape[0] == 0:
@@ -188,30 +195,31 @@ def splice_metrics(
         raise ValueError(f"splice_metrics: special_NS has shape {tuple(special_NS.shape)}, token_ids_NS {tuple(ids_NS.shape)}")
     if batch_contexts < 1:
         raise ValueError(f"splice_metrics: batch_contexts={batch_contexts} is invalid: an integer >= 1")
+    if target_ci_width is not None and not target_ci_width > 0:
+        raise ValueError(f"splice_metrics: target_ci_width={target_ci_width} is invalid: a width > 0, or None to score every context")
     splice = _as_splice_fn(sae_or_fn)
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
-    ce_sums = dict.fromkeys(("clean", *INTERVENTIONS), 0.0)
-    kl_sums = dict.fromkeys(INTERVENTIONS, 0.0)
-    n_scored = 0
+    batches: list[dict[str, Tensor]] = []
     # Dropout (model) or batch-level latent choice (BatchTopK) would make runs differ by more than the splice.
     with _eval_mode(model), _eval_mode(sae_or_fn):
         for start in range(0, ids_NS.shape[0], batch_contexts):
             ids_BS = ids_NS[start : start + batch_contexts].to(device=device, dtype=torch.long)
             special_BS = special_NS[start : start + batch_contexts].to(device)
-            n_scored += _score_batch(model, hookpoint, splice, ids_BS, special_BS, generator, ce_sums, kl_sums)
-    if n_scored == 0:
-        raise ValueError("splice_metrics: every prediction comes from a special position; nothing to score")
-    ce = {name: total / n_scored for name, total in ce_sums.items()}
-    return {
-        "ce_clean": ce["clean"],
-        "ce_spliced": ce["spliced"],
-        "ce_zero_ablation": ce["zero_ablation"],
-        "ce_random_perturbation": ce["random_perturbation"],
-        "ce_loss_recovered": ce_loss_recovered(ce["clean"], ce["spliced"], ce["zero_ablation"]),
-        "ce_loss_recovered_random": ce_loss_recovered(ce["clean"], ce["random_perturbation"], ce["zero_ablation"]),
-        "kl_spliced": kl_sums["spliced"] / n_scored,
-        "kl_zero_ablation": kl_sums["zero_ablation"] / n_scored,
-        "kl_random_perturbation": kl_sums["random_perturbation"] / n_scored,
-        "n_predictions": float(n_scored),
-    }
+            batches.append(_score_batch(model, hookpoint, splice, ids_BS, special_BS, generator))
+            if target_ci_width is not None and _width_reached(_concat(batches), target_ci_width):
+                break
+    return summarize(_concat(batches))
+
+
+def _concat(batches: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """Per-context sums of every batch so far, [N] each."""
+    return {name: torch.cat([batch[name] for batch in batches]) for name in batches[0]}
+
+
+def _width_reached(sums_N: dict[str, Tensor], target: float) -> bool:
+    """Whether the interval of CI_METRIC is already at most target wide."""
+    if int(sums_N["n_ce"].shape[0]) < 2 or float(sums_N["n_ce"].sum()) == 0:
+        return False
+    low, high = score_interval(sums_N, CI_METRIC)
+    return high - low <= target

@@ -52,6 +52,8 @@ class SweepPlan:
     """Steps between checkpoints; not in the ids (see NOT_IN_IDS)."""
     train_rows: int
     """Training rows after the eval split (BOS/EOS dropped): one epoch of the looping stream."""
+    splice_ci_width: float | None = None
+    """Target width of ce_loss_recovered's 95% interval: splice scoring stops once reached (None scores all splice_contexts)."""
 
     def conditions(self) -> dict[str, Any]:
         """The settings, besides each point's own configs, that change a point's artifacts."""
@@ -78,7 +80,7 @@ class SweepPlan:
         ]
 
 
-CONDITION_FIELDS = ("harvest_id", "hookpoint", "batch_size", "eval_contexts", "splice_contexts", "shuffle_buffer", "stream_seed")
+CONDITION_FIELDS = ("harvest_id", "hookpoint", "batch_size", "eval_contexts", "splice_contexts", "shuffle_buffer", "stream_seed", "splice_ci_width")
 """SweepPlan fields hashed into every sae_id and the sweep_id."""
 NOT_IN_IDS = {
     "sweep_id": "the id itself",
@@ -205,6 +207,7 @@ def plan_sweep(
     shuffle_buffer: int = 65_536,
     stream_seed: int = 0,
     checkpoint_every: int = 200,
+    splice_ci_width: float | None = None,
 ) -> SweepPlan:
     """Check the harvest and the grid, then lay out every point's storage; nothing is trained."""
     from infra.activations.store import MANIFEST_FILE, read_manifest
@@ -216,6 +219,8 @@ def plan_sweep(
     manifest = read_manifest(harvest)
     if hookpoint not in manifest["hookpoints"]:
         raise SweepSpecError(f"hookpoint {hookpoint!r} was not harvested in {harvest}; it has {manifest['hookpoints']}")
+    if splice_ci_width is not None and not splice_ci_width > 0:
+        raise SweepSpecError(f"splice_ci_width={splice_ci_width!r} is invalid: a width > 0 (or null to score every splice context)")
     if batch_size < 1 or train_tokens < batch_size:
         raise SweepSpecError(f"train_tokens={train_tokens} must be >= batch_size={batch_size} >= 1")
     total_steps = train_tokens // batch_size
@@ -227,6 +232,7 @@ def plan_sweep(
         sweep_id="", root=root, harvest=harvest, harvest_id=manifest["harvest_id"], hookpoint=hookpoint, d_in=manifest["d_model"],
         batch_size=batch_size, total_steps=total_steps, points=[], eval_contexts=eval_contexts, splice_contexts=splice_contexts,
         shuffle_buffer=shuffle_buffer, stream_seed=stream_seed, checkpoint_every=checkpoint_every, train_rows=train_rows,
+        splice_ci_width=splice_ci_width,
     )
     budget = {"train_tokens": train_tokens, "warmup_steps": warmup_steps, "autocast_bf16": autocast_bf16}
     plan.sweep_id = sweep_id_for(name, plan.conditions(), budget)

@@ -1,4 +1,4 @@
-"""Sweep plots as PNG bytes: sparsity/fidelity trade-offs with each architecture's Pareto frontier."""
+"""Sweep plots as PNG bytes: sparsity/fidelity trade-offs with each architecture's Pareto frontier and error bars."""
 
 from __future__ import annotations
 
@@ -27,6 +27,12 @@ def tradeoff_png(frame: pd.DataFrame, x: str, y: str, title: str, log_x: bool = 
         if rows.empty:
             continue
         points = axes.scatter(rows[x], rows[y], alpha=0.45, label=None)
+        low, high = f"{y}_ci_low", f"{y}_ci_high"
+        if low in rows and high in rows and rows[[low, high]].notna().all(axis=None):
+            # 95% bootstrap interval over held-out contexts; clipped at 0 where the reported value
+            # (e.g. explained_variance's per-batch mean) sits just outside its pooled interval.
+            below, above = (rows[y] - rows[low]).clip(lower=0), (rows[high] - rows[y]).clip(lower=0)
+            axes.errorbar(rows[x], rows[y], yerr=[below, above], fmt="none", ecolor=points.get_facecolor()[0][:3], alpha=0.6)
         front = pareto_frontier(rows, x, y)
         axes.plot(front[x], front[y], marker="o", color=points.get_facecolor()[0][:3], label=f"{architecture} (frontier)")
     axes.set_xlabel(x)

@@ -22,6 +22,7 @@ from infra.lm.tokens import tokens_from_table
 from infra.parquet_io import read_parquet, write_parquet_atomic
 from infra.ray_pool import run_pool
 from infra.storage import join
+from infra.sweep.context_eval import explained_variance_interval
 from infra.sweep.grid import K_ARCHITECTURES, SweepPlan
 from infra.sweep.schemas import validate_results
 from infra.training.group import member_record, train_group
@@ -56,6 +57,14 @@ class TrainGroupWorker:
             shuffle_buffer=self.plan.shuffle_buffer if training else 0,
         )
 
+    def _extra_eval(self, sae: SparseCoder) -> dict[str, float]:
+        # explained_variance_pooled is explained_variance over the same rows with one pooled mean
+        # (the stream's figure averages per-batch values); the interval brackets the pooled one.
+        metrics = explained_variance_interval(sae, self.plan.harvest, self.plan.hookpoint, self.eval_range)
+        if self.plan.splice_contexts > 0:
+            metrics.update(self._splice_eval(sae))
+        return metrics
+
     def _splice_eval(self, sae: SparseCoder) -> dict[str, float]:
         if self._model is None:
             self._model, _ = load_model(self.manifest["model"], device=self.device)
@@ -63,7 +72,8 @@ class TrainGroupWorker:
         start, stop = self.eval_range
         stop = min(stop, start + self.plan.splice_contexts)
         return splice_metrics(
-            self._model, self.plan.hookpoint, sae.to(self.device), tokens.token_ids_NS[start:stop], tokens.special_NS[start:stop]
+            self._model, self.plan.hookpoint, sae.to(self.device), tokens.token_ids_NS[start:stop], tokens.special_NS[start:stop],
+            target_ci_width=self.plan.splice_ci_width,
         )
 
     def train(self, group_index: int) -> list[dict[str, Any]]:
@@ -78,7 +88,7 @@ class TrainGroupWorker:
             device=self.device,
             # model_name etc. name the real model (the hub id behind a saeflow alias) so other tools can load it.
             metadata={"hook_name": self.plan.hookpoint, **model_provenance(self.manifest["model"]), "dataset_path": self.plan.harvest},
-            extra_eval=self._splice_eval if self.plan.splice_contexts > 0 else None,
+            extra_eval=self._extra_eval,
         )
 
 

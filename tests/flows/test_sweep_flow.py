@@ -65,6 +65,13 @@ def test_sweep_trains_evaluates_reports_and_caches(stored_harvest, monkeypatch):
     assert (results["explained_variance"] > 0.5).all(), results[["sae_id", "explained_variance"]]
     assert results["ce_loss_recovered"].notna().all() and results["kl_spliced"].ge(0).all()
     assert results["device_seconds"].gt(0).all()
+    # Every headline score carries its 95% bootstrap interval over held-out contexts.
+    for name, value in (("ce_loss_recovered", "ce_loss_recovered"), ("kl_div_score", "kl_div_score"),
+                        ("kl_spliced", "kl_spliced"), ("explained_variance", "explained_variance_pooled")):
+        low, high = results[f"{name}_ci_low"], results[f"{name}_ci_high"]
+        assert (low <= results[value]).all() and (results[value] <= high).all() and (low < high).all(), name
+    assert (results["explained_variance_pooled"] - results["explained_variance"]).abs().max() < 0.05
+    assert "ce_loss_recovered_ci_low" in Path(report_uri).read_text()
     for name in ("l0_vs_explained_variance.png", "l0_vs_ce_loss_recovered.png", "explained_variance_vs_device_seconds.png"):
         assert (folder / "plots" / name).read_bytes().startswith(b"\x89PNG")
     for row in results.itertuples():

@@ -73,3 +73,9 @@ def test_export_names_the_real_model_behind_the_saeflow_alias(tmp_path):
 
 def test_hub_references_keep_their_revision():
     assert model_provenance("EleutherAI/pythia-70m@step1000") == {"model_name": "EleutherAI/pythia-70m", "model_revision": "step1000"}
+
+
+def test_cfg_records_the_installed_saelens_version(tmp_path):
+    save_sae(trained("relu").sae, str(tmp_path), metadata={"hook_name": "blocks.0.hook_resid_post"})
+    metadata = json.loads((tmp_path / "cfg.json").read_text())["metadata"]
+    assert metadata["sae_lens_version"] == sae_lens.__version__ == metadata["sae_lens_training_version"]

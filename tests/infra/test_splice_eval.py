@@ -67,10 +67,12 @@ def test_identity_splice_recovers_everything(tiny, hookpoint):
 def test_zero_splice_recovers_nothing(tiny, hookpoint):
     model, ids_NS, special_NS = tiny
     result = splice_metrics(model, hookpoint, torch.zeros_like, ids_NS, special_NS)
-    assert result["ce_spliced"] == pytest.approx(result["ce_zero_ablation"], abs=1e-6)
-    assert result["ce_loss_recovered"] == pytest.approx(0.0, abs=1e-3)
-    assert result["kl_spliced"] == pytest.approx(result["kl_zero_ablation"], abs=1e-7)
-    assert result["kl_zero_ablation"] > 0
+    # The splice never touches special positions, so a zero splice IS the special-kept ablation.
+    assert result["ce_spliced"] == pytest.approx(result["ce_zero_ablation_special_kept"], abs=1e-6)
+    assert result["ce_loss_recovered_special_kept"] == pytest.approx(0.0, abs=1e-3)
+    assert result["kl_spliced"] == pytest.approx(result["kl_zero_ablation_special_kept"], abs=1e-7)
+    assert result["kl_div_score_special_kept"] == pytest.approx(0.0, abs=1e-3)
+    assert result["kl_zero_ablation"] > 0 and result["kl_zero_ablation_special_kept"] > 0
 
 
 # -- a real SAE and the matched-noise baseline -----------------------------------------------

@@ -57,7 +57,7 @@ def test_the_same_spec_gives_the_same_ids(harvest, tmp_path):
 @pytest.mark.parametrize(
     "change",
     [{"eval_contexts": 3}, {"splice_contexts": 2}, {"splice_contexts": 0}, {"shuffle_buffer": 16}, {"stream_seed": 1},
-     {"batch_size": 2}, {"train_tokens": 80}, {"warmup_steps": 3}, {"autocast_bf16": "never"}],
+     {"batch_size": 2}, {"train_tokens": 80}, {"warmup_steps": 3}, {"autocast_bf16": "never"}, {"splice_ci_width": 0.05}],
 )
 def test_every_setting_that_changes_a_result_changes_every_id(harvest, tmp_path, change):
     sweep_id, sae_ids = ids(plan_with(harvest, str(tmp_path)))
@@ -102,3 +102,8 @@ def test_cache_key_follows_the_ids(harvest, tmp_path, monkeypatch):
 
     assert key() == key() == key(checkpoint_every=50)
     assert len({key(), key(shuffle_buffer=16), key(stream_seed=1), key(eval_contexts=3), key(splice_contexts=2)}) == 5
+
+
+def test_a_non_positive_interval_target_fails_while_planning(harvest, tmp_path):
+    with pytest.raises(ValueError, match=r"splice_ci_width=0 is invalid"):
+        plan_with(harvest, str(tmp_path), splice_ci_width=0)

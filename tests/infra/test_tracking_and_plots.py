@@ -88,6 +88,8 @@ def test_sweep_plots_are_pngs(with_ce):
     )
     if with_ce:
         frame["ce_loss_recovered"] = [0.7, 0.9, 0.6, 0.85]
+        frame["ce_loss_recovered_ci_low"] = frame["ce_loss_recovered"] - 0.05
+        frame["ce_loss_recovered_ci_high"] = frame["ce_loss_recovered"] + 0.04  # drawn as error bars
     plots = sweep_plots(frame)
     assert ("l0_vs_ce_loss_recovered.png" in plots) == with_ce
     assert all(png.startswith(b"\x89PNG") for png in plots.values())

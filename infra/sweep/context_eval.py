@@ -1,0 +1,70 @@
+"""Reconstruction quality per held-out context, for bootstrap intervals over contexts.
+
+The evaluation stream (infra.activations.stream) yields rows without saying which context they
+came from, which is all the point estimates need; an interval needs the unit that varies
+together, the context. This reads the held-out contexts' rows with their seq_id (the same rows
+the stream reads: non-special positions of the eval range), sums per context what explained
+variance is built from, and resamples contexts (sae_core.bootstrap).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.dataset as ds
+import torch
+from torch import Tensor
+
+from infra.activations.store import activations_numpy, open_activations
+from sae_core.base import SparseCoder
+from sae_core.bootstrap import bootstrap_interval, explained_variance_statistic, point_estimate
+
+
+def context_rows(harvest: str, hookpoint: str, seq_range: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(seq_id_N, x_ND float32) of the non-special rows of contexts in [start, stop)."""
+    start, stop = seq_range
+    rows = (ds.field("seq_id") >= start) & (ds.field("seq_id") < stop) & ~ds.field("special")
+    table = open_activations(harvest, hookpoint).to_table(columns=["seq_id", "activation"], filter=rows)
+    if table.num_rows == 0:
+        raise ValueError(f"{harvest} hookpoint {hookpoint}: no non-special rows in contexts {start}..{stop - 1} to evaluate")
+    return table.column("seq_id").to_numpy(), activations_numpy(table).astype(np.float32)
+
+
+@torch.no_grad()
+def reconstruction_sums(sae: SparseCoder, seq_id_N: np.ndarray, x_ND: np.ndarray, batch_rows: int = 4096) -> dict[str, Tensor]:
+    """Per-context sums of x, ||x||^2, ||x - x_hat||^2 and row counts (float64, [C] / [C, D])."""
+    contexts, context_N = np.unique(seq_id_N, return_inverse=True)
+    device = sae.W_dec.device
+    num, d_in = len(contexts), x_ND.shape[1]
+    sums = {
+        "sum_x": torch.zeros(num, d_in, dtype=torch.float64),
+        "sum_x2": torch.zeros(num, dtype=torch.float64),
+        "residual_ss": torch.zeros(num, dtype=torch.float64),
+        "count": torch.zeros(num, dtype=torch.float64),
+    }
+    was_training = sae.training
+    sae.eval()  # BatchTopK picks latents per batch in training, per token in eval
+    try:
+        for start in range(0, len(x_ND), batch_rows):
+            x_BD = torch.from_numpy(x_ND[start : start + batch_rows]).to(device)
+            index_B = torch.from_numpy(context_N[start : start + batch_rows]).long()
+            residual_B = (sae.decode(sae.encode(x_BD)).float() - x_BD).pow(2).sum(dim=-1).double().cpu()
+            x64_BD = x_BD.double().cpu()
+            sums["sum_x"].index_add_(0, index_B, x64_BD)
+            sums["sum_x2"].index_add_(0, index_B, x64_BD.pow(2).sum(dim=-1))
+            sums["residual_ss"].index_add_(0, index_B, residual_B)
+            sums["count"].index_add_(0, index_B, torch.ones_like(residual_B))
+    finally:
+        if was_training:
+            sae.train()
+    return sums
+
+
+def explained_variance_interval(sae: SparseCoder, harvest: str, hookpoint: str, seq_range: tuple[int, int]) -> dict[str, float]:
+    """Explained variance over the held-out contexts (pooled mean) with its bootstrap interval over contexts."""
+    sums = reconstruction_sums(sae, *context_rows(harvest, hookpoint, seq_range))
+    low, high = bootstrap_interval(sums, explained_variance_statistic)
+    return {
+        "explained_variance_pooled": point_estimate(sums, explained_variance_statistic),
+        "explained_variance_ci_low": low,
+        "explained_variance_ci_high": high,
+    }
