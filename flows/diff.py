@@ -1,8 +1,9 @@
 """Diff flow: which features two (or more) checkpoints share, and which are new or gone.
 
 Each checkpoint is harvested on IDENTICAL tokens (the harvest flow, cached), the harvests are
-checked row-aligned, a crosscoder is trained on them, and latents are classified by the
-relative norm of their per-source decoders (Lindsey et al. 2024).
+checked row-aligned, a crosscoder is trained on them (each source scaled to one centred variance),
+latents are classified by the relative norm of their per-source decoders (Lindsey et al. 2024)
+and every latent called exclusive is checked by latent scaling (Minder et al. 2025).
 """
 
 from __future__ import annotations
@@ -48,5 +49,7 @@ def diff(spec: DiffSpec) -> str:
     summary = train_crosscoder_task(plan, spec.ray_address)
     report = diff_report_task(plan, summary, spec.wandb_project, spec.wandb_mode)
     counts = summary["counts"]
-    print(f"diff {plan['diff_id']}: {counts['shared']} shared, {counts['a_only']} A-only, {counts['b_only']} B-only latents; report {report}")
+    ev = ", ".join(f"{v:.2f}" for v in summary["explained_variance_per_source"])
+    print(f"diff {plan['diff_id']}: {counts['shared']} shared, {counts['a_only']} A-only, {counts['b_only']} B-only, "
+          f"{counts.get('spurious', 0)} spurious latents; explained variance per source {ev}; report {report}")
     return report

@@ -139,7 +139,12 @@ class DiffSpec(BaseModel):
     num_tokens: int = Field(65_536, ge=2, description="Tokens harvested per checkpoint.")
     text_column: str = Field("text", description="Text column of .jsonl / .parquet / HF sources.")
     dtype: Literal["float16", "float32"] = Field("float16", description="Stored activation dtype.")
-    architecture: Literal["relu", "batchtopk"] = Field("relu", description="relu (L1 on summed decoder norms) or batchtopk.")
+    architecture: Literal["relu", "batchtopk"] = Field(
+        "batchtopk", description="batchtopk (decoder-norm-weighted batch top-k + AuxK; Minder et al. 2025 find it far less prone to "
+                                 "false exclusive latents) or relu (L1 on summed decoder norms, Lindsey et al. 2024).")
+    source_normalization: Literal["centred_variance", "mean_norm"] = Field(
+        "centred_variance", description="Per-source scaling: centred_variance (each source's variance around its mean = d_model, "
+                                        "so every source counts in the loss) or mean_norm (mean norm sqrt(d_model), Lindsey et al.).")
     expansion_factor: float = Field(8.0, gt=0, description="Latents as a multiple of d_model.")
     k: int = Field(32, ge=1, description="k of the BatchTopK crosscoder.")
     sparsity_coefficient: float = Field(1.0, ge=0, description="L1 weight of the relu crosscoder.")
@@ -152,6 +157,10 @@ class DiffSpec(BaseModel):
     shuffle_buffer: int = Field(65_536, ge=0, description="Rows in the shuffle buffer.")
     shared_band: tuple[float, float] = Field((0.3, 0.7), description="Relative-norm band of shared latents (0 <= low < high <= 1).")
     exclusive_margin: float = Field(0.1, ge=0, le=0.5, description="Relative norm below which a latent is A-only (above 1 - it: B-only).")
+    exclusive_ratio: float = Field(0.3, gt=0, le=1, description="Latent scaling: an A-/B-only latent stays exclusive only when both "
+                                                                 "beta ratios (other source / own) are below this; else shared or spurious.")
+    presence_fraction: float = Field(0.3, gt=0, le=1, description="A latent is present in a checkpoint when its decoder norm there is "
+                                                                   ">= this fraction of its largest (first_present_source).")
     seed: int = Field(0, description="Seed of tokens, stream and initialisation.")
     root: str = Field("./artifacts", min_length=1, description="Storage root: a path, file:// or s3:// URL.")
     num_actors: int = Field(1, ge=1, description="Harvest actors per checkpoint.")

@@ -25,6 +25,25 @@ from sae_core.crosscoder_config import CrosscoderConfig
 from sae_core.geometry import geometric_median, input_scale_for, random_directions
 
 
+def source_scale(x_ND: Tensor, cfg: CrosscoderConfig) -> float:
+    """The factor one source is multiplied by before encoding (cfg.source_normalization).
+
+    Why centred variance by default: the summed squared error weighs each source by its variance.
+    Scaled to one mean norm, a source whose norm is mostly a constant offset (an early checkpoint:
+    ~99% of its squared norm in its mean) keeps ~1% of the variance of the other, so the loss
+    ignores it (issue 15). Scaling E||x - mean||^2 to d_in makes the loss the sum of per-source
+    FVUs times d_in; b_dec absorbs the offset.
+    """
+    if not cfg.normalize_activations:
+        return 1.0
+    if cfg.source_normalization == "mean_norm":
+        return input_scale_for(x_ND)
+    variance = (x_ND - x_ND.mean(dim=0)).pow(2).sum(dim=-1).mean().item()
+    if not math.isfinite(variance) or variance <= 0:
+        raise ValueError(f"cannot scale a crosscoder source: its centred variance is {variance} (constant or non-finite input)")
+    return math.sqrt(x_ND.shape[1] / variance)
+
+
 class Crosscoder(FiringTracker, nn.Module):
     """Shared latent space over M sources; subclasses choose the activation and sparsity loss."""
 
@@ -62,10 +81,8 @@ class Crosscoder(FiringTracker, nn.Module):
         self._check_shape(x_NMD)
         x_NMD = x_NMD.float()
         for m in range(self.cfg.n_sources):
-            # Each source to mean norm sqrt(d_in) on its own: models differ in residual scale.
-            scale = input_scale_for(x_NMD[:, m]) if self.cfg.normalize_activations else 1.0
-            self.input_scale[m] = scale
-            xs_ND = x_NMD[:, m] * scale
+            self.input_scale[m] = source_scale(x_NMD[:, m], self.cfg)
+            xs_ND = x_NMD[:, m] * self.input_scale[m]
             if self.cfg.b_dec_init == "mean":
                 self.b_dec[m] = xs_ND.mean(dim=0)
             elif self.cfg.b_dec_init == "geometric_median":
@@ -209,4 +226,4 @@ def build_crosscoder(cfg: CrosscoderConfig) -> Crosscoder:
     return CROSSCODER_CLASSES[cfg.architecture](cfg)
 
 
-__all__ = ["BatchTopKCrosscoder", "CROSSCODER_CLASSES", "Crosscoder", "ReluCrosscoder", "build_crosscoder"]
+__all__ = ["BatchTopKCrosscoder", "CROSSCODER_CLASSES", "Crosscoder", "ReluCrosscoder", "build_crosscoder", "source_scale"]

@@ -13,6 +13,7 @@ from typing import Any
 from sae_core.config import _check_dictionary_fields, _from_dict, _reject
 
 CROSSCODER_ARCHITECTURES = ("relu", "batchtopk")
+SOURCE_NORMALIZATIONS = ("centred_variance", "mean_norm")
 
 
 @dataclass
@@ -66,7 +67,13 @@ class CrosscoderConfig:
     """How each source's b_dec is initialised from the first batch: zeros, mean or geometric_median."""
 
     normalize_activations: bool = True
-    """Scale each source separately so its mean norm is sqrt(d_in) (Lindsey et al. normalise per source)."""
+    """Scale each source separately (see source_normalization); False keeps model units."""
+
+    source_normalization: str = "centred_variance"
+    """centred_variance: each source's variance around its mean, E||x - mean||^2, becomes d_in, so
+    the summed MSE weighs every source's FVU equally and no source is starved when one carries
+    its norm in a constant offset (an early checkpoint). mean_norm: E||x|| = sqrt(d_in), the
+    Lindsey et al. / dictionary_learning convention, kept for comparison."""
 
     seed: int = 0
     """Seed of the weight initialisation."""
@@ -83,6 +90,8 @@ class CrosscoderConfig:
             joint_sources=self.n_sources,
             positive_fields=("decoder_init_norm",),
         )
+        if self.source_normalization not in SOURCE_NORMALIZATIONS:
+            _reject(name, "source_normalization", self.source_normalization, f"one of {', '.join(SOURCE_NORMALIZATIONS)}")
         if not isinstance(self.dead_after_tokens, int) or self.dead_after_tokens < 1:
             _reject(name, "dead_after_tokens", self.dead_after_tokens, "a positive integer")
 
@@ -96,4 +105,4 @@ class CrosscoderConfig:
         return _from_dict(cls, values)
 
 
-__all__ = ["CROSSCODER_ARCHITECTURES", "CrosscoderConfig"]
+__all__ = ["CROSSCODER_ARCHITECTURES", "SOURCE_NORMALIZATIONS", "CrosscoderConfig"]

@@ -52,20 +52,40 @@ def train_crosscoder_task(plan: dict[str, Any], ray_address: str | None = None) 
     return run_pool(CrosscoderWorker, (plan,), "run", [0], 1, name_prefix=f"diff-{plan['diff_id']}")[0]
 
 
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
 @task(**STORAGE_RETRY, retry_condition_fn=retry_unless_bad_input)
 def diff_report_task(plan_dict: dict[str, Any], summary: dict[str, Any], wandb_project: str, wandb_mode: str | None) -> str:
     """report.md + Prefect artifacts (summary, top exclusive latents) + a W&B run; returns the report URI."""
     plan = DiffPlan(**plan_dict)
     latents = read_latents(plan)
-    counts = summary["counts"]
-    ev = ", ".join(f"{m}: {v:.3f}" for m, v in zip(plan.models, summary["explained_variance_per_source"]))
+    counts, norm = summary["counts"], summary.get("norm_counts", summary["counts"])
+    ev = ", ".join(f"`{m}`: {v:.3f}" for m, v in zip(plan.models, summary["explained_variance_per_source"]))
     exclusive = latents[latents["class"].isin(["a_only", "b_only"])].sort_values("frequency", ascending=False).head(20)
+    medians = summary.get("beta_ratio_median", {})
+    trajectory = ""
+    if len(plan.models) > 2:
+        firsts = ", ".join(f"`{m}`: {summary['first_present_counts'][str(i)]}" for i, m in enumerate(plan.models))
+        trajectory = f"Live latents by the first checkpoint where they are present: {firsts}.\n\n![first present](first_present.png)\n\n"
     markdown = (
         f"# Crosscoder diff `{plan.diff_id}`\n\nA = `{plan.models[0]}`, B = `{plan.models[-1]}`, hookpoint `{plan.hookpoint}`.\n\n"
-        f"| shared | A-only | B-only | other | dead |\n|---|---|---|---|---|\n"
-        f"| {counts['shared']} | {counts['a_only']} | {counts['b_only']} | {counts['other']} | {summary['dead_latents']} |\n\n"
-        f"Explained variance per source: {ev}. Mean decoder cosine of shared latents: {summary['shared_decoder_cosine_mean']:.3f}.\n\n"
-        f"![relative decoder norms](relative_norms.png)\n\nMost frequent exclusive latents:\n\n{exclusive.round(4).to_markdown(index=False)}\n"
+        f"Explained variance per source: {ev}. A diff is only as good as its worst source: a source the crosscoder does not "
+        f"reconstruct cannot show what it shares.\n\n"
+        f"| | shared | A-only | B-only | spurious | other | dead |\n|---|---|---|---|---|---|---|\n"
+        f"| by decoder norm | {norm['shared']} | {norm['a_only']} | {norm['b_only']} | | {norm['other']} | {summary['dead_latents']} |\n"
+        f"| after latent scaling | {counts['shared']} | {counts['a_only']} | {counts['b_only']} | {counts.get('spurious', 0)} | "
+        f"{counts['other']} | {summary['dead_latents']} |\n\n"
+        f"Latent scaling (Minder et al. 2025): a latent the decoder norms call A- or B-only is fitted, along its decoder, to the "
+        f"other source's reconstruction and reconstruction error; it stays exclusive only when both ratios beta(other) / beta(own) "
+        f"are below {summary.get('exclusive_ratio', 0.3)}. Otherwise it is shared (the concept is in the other source's error: "
+        f"shrunk out of its decoder) or spurious (other latents reconstruct it there). Median ratios of the norm-exclusive latents: "
+        f"reconstruction {_fmt(medians.get('reconstruction'))}, error {_fmt(medians.get('error'))}.\n\n"
+        f"![latent scaling](latent_scaling.png)\n\n"
+        f"Mean decoder cosine of shared latents: {summary['shared_decoder_cosine_mean']:.3f}.\n\n"
+        f"![relative decoder norms](relative_norms.png)\n\n{trajectory}"
+        f"Most frequent exclusive latents (after latent scaling):\n\n{exclusive.round(4).to_markdown(index=False)}\n"
     )
     uri = plan.uri("report.md")
     write_bytes_atomic(uri, markdown.encode())

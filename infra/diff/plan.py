@@ -42,6 +42,7 @@ def plan_diff(spec: dict[str, Any], harvests: list[str], d_model: int) -> DiffPl
     crosscoder_config = CrosscoderConfig(
         architecture=spec["architecture"], n_sources=len(spec["models"]), d_in=d_model, expansion_factor=spec["expansion_factor"],
         k=spec["k"], sparsity_coefficient=spec["sparsity_coefficient"], seed=spec["seed"],
+        source_normalization=spec.get("source_normalization", "centred_variance"),
     )
     total_steps = spec["train_tokens"] // spec["batch_size"]
     if total_steps < 1:
@@ -53,11 +54,13 @@ def plan_diff(spec: dict[str, Any], harvests: list[str], d_model: int) -> DiffPl
     identity = {"harvests": harvests, "hookpoint": spec["hookpoint"], "crosscoder": crosscoder_config.to_dict(),
                 "train": train_config.to_dict(), "batch": spec["batch_size"], "eval": spec["eval_contexts"],
                 "shuffle_buffer": spec["shuffle_buffer"], "stream_seed": spec["seed"],
-                "bands": [list(spec["shared_band"]), spec["exclusive_margin"]]}
+                "bands": [list(spec["shared_band"]), spec["exclusive_margin"]],
+                "latent_scaling": [spec.get("exclusive_ratio", 0.3), spec.get("presence_fraction", 0.3)]}
     slug = "-vs-".join(ModelRef.parse(m).name.rstrip("/").split("/")[-1] for m in spec["models"])[:60]
     return DiffPlan(
         diff_id=spec_id(slug, identity), root=spec["root"], models=spec["models"], harvests=harvests, hookpoint=spec["hookpoint"],
         crosscoder_config=crosscoder_config.to_dict(), train_config=train_config.to_dict(), batch_size=spec["batch_size"],
         eval_contexts=spec["eval_contexts"], checkpoint_every=spec["checkpoint_every"], shuffle_buffer=spec["shuffle_buffer"],
         shared_band=tuple(spec["shared_band"]), exclusive_margin=spec["exclusive_margin"], seed=spec["seed"],
+        exclusive_ratio=spec.get("exclusive_ratio", 0.3), presence_fraction=spec.get("presence_fraction", 0.3),
     )

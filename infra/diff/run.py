@@ -1,8 +1,9 @@
 """Train a crosscoder on row-aligned harvests and write the latent diff (the diff stage's work).
 
 Layout under {root}/diffs/{diff_id}/: crosscoder/ (weights + config), checkpoint/ (resumable
-state), latents.parquet (one row per latent), relative_norms.png, summary.json (written last:
-the commit marker that makes the diff trusted and lets a re-run return at once).
+state), latents.parquet (one row per latent), relative_norms.png, latent_scaling.png,
+first_present.png (more than two sources), summary.json (written last: the commit marker that
+makes the diff trusted and lets a re-run return at once).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from infra.activations.store import read_manifest
 from infra.activations.stream import StreamSpec, iter_batches, split_eval
 from infra.allocator import keep_freed_memory
 from infra.diff.crosscoder_store import save_crosscoder
-from infra.diff.report import latents_frame, relative_norm_histogram
+from infra.diff.report import first_present_histogram, latent_scaling_scatter, latents_frame, relative_norm_histogram
 from infra.parquet_io import read_parquet, write_parquet_atomic
 from infra.sae_store import load_training_state, save_training_state
 from infra.storage import exists, join, read_json, write_bytes_atomic, write_json_atomic
@@ -26,7 +27,7 @@ from sae_core import SaeTrainer, TrainConfig, fit_many
 from sae_core.crosscoder import build_crosscoder
 from sae_core.crosscoder_config import CrosscoderConfig
 from sae_core.devices import pick_device
-from sae_core.diffing import diff_summary
+from sae_core.diffing import classify_with_scaling, diff_summary
 
 SUMMARY_FILE = "summary.json"
 
@@ -49,6 +50,10 @@ class DiffPlan:
     shared_band: tuple[float, float]
     exclusive_margin: float
     seed: int = 0
+    exclusive_ratio: float = 0.3
+    """Latent scaling: a norm-exclusive latent stays exclusive only if both beta ratios are below this."""
+    presence_fraction: float = 0.3
+    """A latent is present in a source when its decoder norm there is >= this fraction of its largest."""
 
     def uri(self, *parts: str) -> str:
         """A key under this diff's folder."""
@@ -105,18 +110,33 @@ class CrosscoderWorker:
         x_BMD = torch.cat([batch.to(self.device) for batch in iter_batches(self._stream(eval_range, training=False))])
         acts_BF = crosscoder.encode(x_BMD)
         x_hat_BMD = crosscoder.decode(acts_BF)
-        summary = diff_summary(crosscoder.W_dec, x_BMD, x_hat_BMD, acts_BF, 0, len(plan.harvests) - 1, plan.shared_band, plan.exclusive_margin)
-        frame = latents_frame(crosscoder.W_dec, acts_BF, plan.shared_band, plan.exclusive_margin)
+        last = len(plan.harvests) - 1
+        classes = classify_with_scaling(crosscoder.scale_inputs(x_BMD), acts_BF, crosscoder.W_dec, crosscoder.b_dec, 0, last,
+                                        plan.shared_band, plan.exclusive_margin, plan.exclusive_ratio)
+        summary = diff_summary(crosscoder.W_dec, x_BMD, x_hat_BMD, acts_BF, 0, last, plan.shared_band, plan.exclusive_margin, classes)
+        frame = latents_frame(crosscoder.W_dec, acts_BF, classes, plan.presence_fraction)
         save_crosscoder(crosscoder, plan.uri("crosscoder"), metadata={"models": plan.models, "hookpoint": plan.hookpoint})
         write_parquet_atomic(plan.uri("latents.parquet"), frame)
         write_bytes_atomic(plan.uri("relative_norms.png"), relative_norm_histogram(frame, plan.models, plan.shared_band, plan.exclusive_margin))
+        write_bytes_atomic(plan.uri("latent_scaling.png"), latent_scaling_scatter(frame, plan.models, plan.exclusive_ratio))
+        if len(plan.models) > 2:
+            write_bytes_atomic(plan.uri("first_present.png"), first_present_histogram(frame, plan.models))
         write_json_atomic(plan.uri(HISTORY_FILE), history)
+        examined = frame[frame["norm_class"].isin(["a_only", "b_only"])]
         summary.update(
+            exclusive_ratio=plan.exclusive_ratio,
+            beta_ratio_median={"reconstruction": _median(examined["beta_ratio_reconstruction"]), "error": _median(examined["beta_ratio_error"])},
+            first_present_counts={str(m): int((frame.loc[frame["class"] != "dead", "first_present_source"] == m).sum()) for m in range(len(plan.models))},
             diff_id=plan.diff_id, models=plan.models, hookpoint=plan.hookpoint, eval_tokens=int(x_BMD.shape[0]),
             steps=trainer.step, device_seconds=trainer.device_seconds, latents_uri=plan.uri("latents.parquet"),
         )
         write_json_atomic(plan.uri(SUMMARY_FILE), _jsonable(summary))
         return read_json(plan.uri(SUMMARY_FILE))
+
+
+def _median(values: pd.Series) -> float | None:
+    values = values.dropna()
+    return float(values.median()) if len(values) else None
 
 
 def _jsonable(value: Any) -> Any:

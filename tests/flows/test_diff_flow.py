@@ -43,13 +43,16 @@ def test_diff_writes_crosscoder_latents_histogram_and_caches(checkpoints, monkey
     folder = report.parent
     latents = pd.read_parquet(folder / "latents.parquet")
     assert len(latents) == 128
-    assert set(latents["class"]) <= {"shared", "a_only", "b_only", "other", "dead"}
+    assert set(latents["class"]) <= {"shared", "a_only", "b_only", "spurious", "other", "dead"}
+    examined = latents[latents["norm_class"].isin(["a_only", "b_only"])]
+    assert examined["beta_ratio_error"].notna().all(), "every live norm-exclusive latent is latent-scaled"
+    assert (folder / "latent_scaling.png").read_bytes().startswith(b"\x89PNG")
     assert latents["relative_norm"].dropna().between(0, 1).all()
     assert (folder / "relative_norms.png").read_bytes().startswith(b"\x89PNG")
     crosscoder = load_crosscoder(str(folder / "crosscoder"))
     assert tuple(crosscoder.W_dec.shape) == (128, 2, 32)
     text = report.read_text()
-    assert "shared" in text and "Explained variance per source" in text
+    assert "shared" in text and "Explained variance per source" in text and "Latent scaling" in text
 
     def no_training(*args, **kwargs):
         raise AssertionError("a finished diff must not train or harvest again")

@@ -64,7 +64,8 @@ def test_crash_then_resume_equals_uninterrupted(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "change",
     [{"shuffle_buffer": 16}, {"seed": 1}, {"eval_contexts": 3}, {"hookpoint": HOOKPOINTS[1]}, {"batch_size": 2},
-     {"exclusive_margin": 0.2}, {"shared_band": (0.2, 0.8)}, {"lr": 1e-3}, {"k": 8, "architecture": "batchtopk"}],
+     {"exclusive_margin": 0.2}, {"shared_band": (0.2, 0.8)}, {"lr": 1e-3}, {"k": 8, "architecture": "batchtopk"},
+     {"source_normalization": "mean_norm"}, {"exclusive_ratio": 0.2}, {"presence_fraction": 0.5}],
 )
 def test_every_setting_that_changes_the_diff_changes_its_id(tmp_path, change):
     base = make_plan(str(tmp_path), ["h-a", "h-b"])

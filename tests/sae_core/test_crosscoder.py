@@ -93,8 +93,13 @@ def test_loss_decreases_on_fixed_batch(architecture):
 
 
 def test_each_source_is_scaled_on_its_own():
-    crosscoder = make_crosscoder("relu")
     x_BMD = paired_batch(256)
+    crosscoder = make_crosscoder("relu")  # default: each source's centred variance becomes d_in
+    crosscoder.init_from_data(x_BMD)
+    xs_BMD = crosscoder.scale_inputs(x_BMD)
+    variance_M = (xs_BMD - xs_BMD.mean(dim=0)).pow(2).sum(dim=-1).mean(dim=0)
+    assert torch.allclose(variance_M, torch.full((M,), float(D)), rtol=1e-4)
+    crosscoder = make_crosscoder("relu", source_normalization="mean_norm")
     crosscoder.init_from_data(x_BMD)
     scaled_norms_M = crosscoder.scale_inputs(x_BMD).norm(dim=-1).mean(dim=0)
     assert torch.allclose(scaled_norms_M, torch.full((M,), math.sqrt(D)), rtol=1e-5)
