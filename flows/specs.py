@@ -15,8 +15,8 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from infra.lm.hookpoint_names import Hookpoint
 
-ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu", "gated")
-Architecture = Literal["relu", "topk", "batchtopk", "jumprelu", "gated"]
+ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu", "gated", "matryoshka_batchtopk", "deep_topk")
+Architecture = Literal["relu", "topk", "batchtopk", "jumprelu", "gated", "matryoshka_batchtopk", "deep_topk"]
 PositiveInt = Annotated[int, Field(ge=1)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
@@ -87,9 +87,16 @@ class SweepSpec(BaseModel):
     harvest: str | None = Field(None, description="URI of a stored harvest; when empty, harvest_spec is run first (cached).")
     harvest_spec: HarvestSpec = Field(default_factory=HarvestSpec, description="Harvest to run when no stored harvest is given.")
     hookpoint: str = Field("blocks.6.hook_resid_post", description="Hookpoint whose activations the SAEs learn.")
-    architectures: list[Architecture] = Field(["topk", "relu"], min_length=1, description="relu, topk, batchtopk, jumprelu, gated.")
+    architectures: list[Architecture] = Field(["topk", "relu"], min_length=1, description=", ".join(ARCHITECTURES) + ".")
     expansion_factors: list[PositiveFloat] = Field([8.0], min_length=1, description="Dictionary sizes as multiples of d_model (> 0).")
-    ks: list[PositiveInt] = Field([32], min_length=1, description="k values (topk, batchtopk), >= 1.")
+    ks: list[PositiveInt] = Field([32], min_length=1, description="k values (topk, batchtopk, matryoshka_batchtopk, deep_topk), >= 1.")
+    matryoshka_prefix_fractions: list[float] = Field(
+        [0.0625, 0.125, 0.25, 0.5], min_length=1, description="matryoshka_batchtopk: nested inner dictionary sizes as fractions of "
+        "d_sae, strictly increasing in (0, 1) (Bussmann et al. 2025); rounded per expansion factor into the SAE config."
+    )
+    deep_encoder_depth: PositiveInt = Field(1, description="deep_topk: hidden layers of the MLP encoder.")
+    deep_decoder_depth: int = Field(0, ge=0, description="deep_topk: hidden layers of the MLP decoder (0: linear decoder).")
+    deep_width: PositiveInt | None = Field(None, description="deep_topk: width of the MLP hidden layers; empty: 2 * d_model.")
     sparsity_coefficients: list[NonNegativeFloat] = Field([5.0], min_length=1, description="L1 / L0 weights (relu, jumprelu, gated), >= 0.")
     lrs: list[PositiveFloat] = Field([3e-4], min_length=1, description="Peak learning rates (> 0).")
     seeds: list[int] = Field([0], min_length=1, description="Initialisation seeds.")
@@ -122,6 +129,13 @@ class SweepSpec(BaseModel):
     wandb_mode: WandbMode | None = Field(None, description="online / offline / disabled; offline unless WANDB_API_KEY is set.")
 
     _hookpoint = field_validator("hookpoint")(check_hookpoint)
+
+    @field_validator("matryoshka_prefix_fractions")
+    @classmethod
+    def _fractions(cls, fractions: list[float]) -> list[float]:
+        if not all(0 < f < 1 for f in fractions) or fractions != sorted(set(fractions)):
+            raise ValueError(f"{fractions} must be strictly increasing fractions in (0, 1)")
+        return fractions
 
     @model_validator(mode="after")
     def _one_batch(self) -> SweepSpec:
@@ -200,7 +214,7 @@ class SyntheticDemoSpec(BaseModel):
     d: int = Field(64, ge=2, description="Dimension of the synthetic activation space.")
     num_features: int = Field(128, ge=1, description="True features (more than d: superposition).")
     firing_probability: float = Field(0.03, gt=0, le=1, description="Chance each feature is active on a token.")
-    architectures: list[Architecture] = Field(list(ARCHITECTURES), min_length=1, description="SAE architectures of the grid.")
+    architectures: list[Architecture] = Field(list(ARCHITECTURES[:5]), min_length=1, description="SAE architectures of the grid.")
     expansion_factors: list[float] = Field([4.0], min_length=1, description="Dictionary sizes as multiples of d.")
     k: int = Field(6, ge=1, description="k of TopK / BatchTopK.")
     sparsity_coefficients: dict[str, float] = Field(

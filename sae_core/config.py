@@ -10,7 +10,9 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu", "gated")
+ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu", "gated", "matryoshka_batchtopk", "deep_topk")
+K_ARCHITECTURES = ("topk", "batchtopk", "matryoshka_batchtopk", "deep_topk")
+"""Architectures whose sparsity is set by k (the others by sparsity_coefficient)."""
 B_DEC_INITS = ("zeros", "mean", "geometric_median")
 OPTIMIZERS = ("adam", "muon")
 AUTOCAST_MODES = ("cuda", "always", "never")
@@ -61,12 +63,31 @@ def _check_dictionary_fields(cfg: Any, uses_k: bool, joint_sources: int, positiv
         _reject(name, "b_dec_init", cfg.b_dec_init, f"one of {', '.join(B_DEC_INITS)}")
 
 
+def _check_deep_and_matryoshka(cfg: SaeConfig) -> None:
+    """Rules of the matryoshka_batchtopk and deep_topk knobs; fills in their defaults."""
+    name = type(cfg).__name__
+    cfg.matryoshka_prefixes = tuple(cfg.matryoshka_prefixes)  # JSON round trips give lists
+    if cfg.architecture == "matryoshka_batchtopk" and not cfg.matryoshka_prefixes:
+        cfg.matryoshka_prefixes = tuple(sorted({cfg.d_sae // 2**i for i in (4, 3, 2, 1)} - {0}))
+    sizes = cfg.matryoshka_prefixes
+    if any(not isinstance(m, int) or not 1 <= m < cfg.d_sae for m in sizes) or list(sizes) != sorted(set(sizes)):
+        _reject(name, "matryoshka_prefixes", sizes, f"strictly increasing integers in 1..d_sae-1={cfg.d_sae - 1}")
+    if cfg.architecture == "matryoshka_batchtopk" and not sizes:
+        _reject(name, "d_sae", cfg.d_sae, "at least 2 for matryoshka_batchtopk (a prefix and the whole dictionary)")
+    if cfg.deep_width is None:
+        cfg.deep_width = 2 * cfg.d_in
+    for field, value, low in (("deep_encoder_depth", cfg.deep_encoder_depth, 1), ("deep_decoder_depth", cfg.deep_decoder_depth, 0),
+                              ("deep_width", cfg.deep_width, 1)):
+        if not isinstance(value, int) or value < low:
+            _reject(name, field, value, f"an integer >= {low}")
+
+
 @dataclass
 class SaeConfig:
     """What defines one sparse autoencoder: its shape, activation function and sparsity loss."""
 
     architecture: str
-    """One of relu, topk, batchtopk, jumprelu, gated."""
+    """One of relu, topk, batchtopk, jumprelu, gated, matryoshka_batchtopk, deep_topk."""
 
     d_in: int
     """Width of the activations the SAE reads (the model's d_model at the hookpoint)."""
@@ -78,7 +99,7 @@ class SaeConfig:
     """Dictionary size (number of latents). Defaults to round(expansion_factor * d_in)."""
 
     k: int = 32
-    """Active latents per token for topk; mean active latents per token for batchtopk."""
+    """Active latents per token for topk, deep_topk; mean active latents per token for (matryoshka_)batchtopk."""
 
     sparsity_coefficient: float = 5.0
     """Weight of the sparsity penalty: L1 (relu, gated) or L0 (jumprelu). Unused by topk/batchtopk."""
@@ -139,13 +160,27 @@ class SaeConfig:
     seed: int = 0
     """Seed of the weight initialisation."""
 
+    matryoshka_prefixes: tuple[int, ...] = ()
+    """matryoshka_batchtopk: sizes m of the nested inner dictionaries (latents 0..m-1), strictly
+    increasing, each < d_sae (the whole dictionary is always the last level); each prefix is trained
+    to reconstruct the input alone (Bussmann et al. 2025). Empty: d_sae/16, /8, /4, /2."""
+
+    deep_encoder_depth: int = 1
+    """deep_topk: hidden layers of the MLP encoder in front of the sparse layer (>= 1)."""
+
+    deep_decoder_depth: int = 0
+    """deep_topk: hidden layers of an MLP decoder after the sparse layer (0: linear decoder only)."""
+
+    deep_width: int | None = None
+    """deep_topk: width of the MLP hidden layers; defaults to 2 * d_in."""
+
     def __post_init__(self) -> None:
         name = type(self).__name__
         if self.architecture not in ARCHITECTURES:
             _reject(name, "architecture", self.architecture, f"one of {', '.join(ARCHITECTURES)}")
         _check_dictionary_fields(
             self,
-            uses_k=self.architecture in ("topk", "batchtopk"),
+            uses_k=self.architecture in K_ARCHITECTURES,
             joint_sources=1,
             positive_fields=("jumprelu_bandwidth", "jumprelu_init_threshold", "decoder_init_norm"),
         )
@@ -158,6 +193,7 @@ class SaeConfig:
             _reject(name, "encoder_init_scale", self.encoder_init_scale, "a number > 0")
         if not 0 < self.init_firing_fraction < 1:
             _reject(name, "init_firing_fraction", self.init_firing_fraction, "a fraction in (0, 1)")
+        _check_deep_and_matryoshka(self)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict of every field."""
@@ -239,4 +275,4 @@ def _from_dict(cls: type, values: dict[str, Any]) -> Any:
     return cls(**values)
 
 
-__all__ = ["ARCHITECTURES", "ConfigError", "SaeConfig", "TrainConfig"]
+__all__ = ["ARCHITECTURES", "K_ARCHITECTURES", "ConfigError", "SaeConfig", "TrainConfig"]

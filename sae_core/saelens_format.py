@@ -22,7 +22,12 @@ from sae_core.registry import build_sae
 SAELENS_FORMAT_VERSION = "6.49.2"
 """Written as metadata.sae_lens_version: SAELens treats configs without it as pre-6.0 and drops metadata."""
 
-_EXPORT_ARCHITECTURE = {"relu": "standard", "topk": "topk", "batchtopk": "jumprelu", "jumprelu": "jumprelu", "gated": "gated"}
+_EXPORT_ARCHITECTURE = {"relu": "standard", "topk": "topk", "batchtopk": "jumprelu", "jumprelu": "jumprelu", "gated": "gated",
+                        "matryoshka_batchtopk": "jumprelu"}
+NATIVE_ARCHITECTURES = ("deep_topk",)
+"""Architectures SAELens has no inference class for: stored in SAELens's directory layout with
+cfg.json architecture set to saeflow's own name (SAELens refuses to load them, by that name),
+every parameter unscaled plus the input_scale tensor, and the saeflow config in the metadata."""
 _IMPORT_ARCHITECTURE = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu", "gated": "gated"}
 _TENSOR_SHAPES = {
     "standard": {"W_enc": "DF", "b_enc": "F", "W_dec": "FD", "b_dec": "D"},
@@ -39,6 +44,8 @@ class SaeFormatError(ValueError):
 @torch.no_grad()
 def to_saelens(sae: SparseCoder, metadata: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """(cfg dict, tensors) for cfg.json and sae_weights.safetensors, input scaling folded in."""
+    if sae.architecture in NATIVE_ARCHITECTURES:
+        return _to_native(sae, metadata)
     scale = float(sae.input_scale)
     tensors = {
         "W_enc": sae.W_enc * scale,
@@ -50,7 +57,7 @@ def to_saelens(sae: SparseCoder, metadata: Mapping[str, Any] | None = None) -> t
     if isinstance(sae, JumpReluSae):
         tensors["threshold"] = sae.threshold.clone()
     elif isinstance(sae, BatchTopKSae):
-        # Inference for BatchTopK is a JumpReLU whose threshold is the same for every latent.
+        # Inference for (Matryoshka) BatchTopK is a JumpReLU whose threshold is the same for every latent.
         tensors["threshold"] = sae.threshold.expand(sae.cfg.d_sae).clone()
     elif sae.architecture == "gated":
         tensors.update(b_gate=sae.b_gate.clone(), b_mag=sae.b_mag.clone(), r_mag=sae.r_mag.clone())
@@ -78,6 +85,41 @@ def to_saelens(sae: SparseCoder, metadata: Mapping[str, Any] | None = None) -> t
     return cfg, tensors
 
 
+def _to_native(sae: SparseCoder, metadata: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """NATIVE_ARCHITECTURES' export: the state's parameters and input_scale, as trained."""
+    tensors = {name: value.detach().float().cpu().contiguous().clone() for name, value in sae.named_parameters()}
+    tensors["input_scale"] = sae.input_scale.detach().float().cpu().reshape(1).clone()
+    cfg = {
+        "architecture": sae.architecture, "d_in": sae.cfg.d_in, "d_sae": sae.cfg.d_sae, "dtype": "float32", "device": "cpu",
+        "metadata": {"sae_lens_version": SAELENS_FORMAT_VERSION, "training_architecture": sae.architecture,
+                     "saeflow_config": sae.cfg.to_dict(), "saeflow_input_scale": float(sae.input_scale), **(metadata or {})},
+    }
+    return cfg, tensors
+
+
+def _from_native(cfg: Mapping[str, Any], tensors: Mapping[str, Tensor], source: str) -> SparseCoder:
+    saeflow_config = cfg.get("metadata", {}).get("saeflow_config")
+    if not isinstance(saeflow_config, Mapping) or saeflow_config.get("architecture") != cfg["architecture"]:
+        raise SaeFormatError(f"{source}: {cfg['architecture']} SAE needs metadata.saeflow_config of that architecture")
+    sae = build_sae(SaeConfig.from_dict(dict(saeflow_config)))
+    expected = {name: tuple(p.shape) for name, p in sae.named_parameters()} | {"input_scale": (1,)}
+    missing = sorted(set(expected) - set(tensors))
+    if missing:
+        raise SaeFormatError(f"{source}: {cfg['architecture']} SAE is missing tensor(s) {missing}")
+    for name, shape in expected.items():
+        if tuple(tensors[name].shape) != shape:
+            raise SaeFormatError(f"{source}: tensor {name} has shape {tuple(tensors[name].shape)}, expected {shape}")
+        if not torch.isfinite(tensors[name]).all():
+            raise SaeFormatError(f"{source}: tensor {name} holds NaN or inf values")
+    parameters = dict(sae.named_parameters())
+    with torch.no_grad():
+        for name, parameter in parameters.items():
+            parameter.copy_(tensors[name].float())
+        sae.input_scale.copy_(tensors["input_scale"].float().reshape(()))
+        sae.initialized.fill_(True)
+    return sae.eval()
+
+
 def _check_tensors(architecture: str, tensors: Mapping[str, Tensor], d_in: int, d_sae: int, source: str) -> None:
     expected = _TENSOR_SHAPES[architecture]
     missing = sorted(set(expected) - set(tensors))
@@ -96,6 +138,8 @@ def _check_tensors(architecture: str, tensors: Mapping[str, Tensor], d_in: int, 
 def from_saelens(cfg: Mapping[str, Any], tensors: Mapping[str, Tensor], source: str = "<memory>") -> SparseCoder:
     """An inference-ready SAE from a SAELens cfg dict and tensors; errors name `source` and the rule."""
     architecture = cfg.get("architecture")
+    if architecture in NATIVE_ARCHITECTURES:
+        return _from_native(cfg, tensors, source)
     if architecture not in _IMPORT_ARCHITECTURE:
         raise SaeFormatError(f"{source}: architecture={architecture!r} is not one of {sorted(_IMPORT_ARCHITECTURE)}")
     for key in ("d_in", "d_sae"):
@@ -143,4 +187,4 @@ def sparsity_tensor(fire_count_F: Tensor, num_tokens: int) -> dict[str, Tensor]:
     return {"sparsity": (density_F + 1e-10).log10().float().contiguous()}
 
 
-__all__ = ["SAELENS_FORMAT_VERSION", "SaeFormatError", "from_saelens", "sparsity_tensor", "to_saelens"]
+__all__ = ["NATIVE_ARCHITECTURES", "SAELENS_FORMAT_VERSION", "SaeFormatError", "from_saelens", "sparsity_tensor", "to_saelens"]

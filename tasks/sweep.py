@@ -12,7 +12,7 @@ from prefect.context import TaskRunContext
 from infra.features.mcs import mcs_section
 from infra.ids import spec_hash
 from infra.storage import join, read_json, write_bytes_atomic
-from infra.sweep.grid import K_ARCHITECTURES, SweepPlan, group_points, memory_budget_bytes, plan_sweep
+from infra.sweep.grid import ARCHITECTURE_KNOBS, K_ARCHITECTURES, SweepPlan, group_points, memory_budget_bytes, plan_sweep
 from infra.sweep.plots import sweep_plots
 from infra.sweep.report import below_random_note, data_note
 from infra.sweep.run import read_results, run_groups, write_results
@@ -25,6 +25,7 @@ from tasks.retry import STORAGE_RETRY, retry_unless_bad_input
 def plan_sweep_task(spec: dict[str, Any], harvest: str) -> dict[str, Any]:
     """Validate the grid against the harvest and lay out storage; returns the plan and its groups."""
     axes = {key: spec[key] for key in ("architectures", "expansion_factors", "ks", "sparsity_coefficients", "lrs", "seeds")}
+    axes.update({key: spec[key] for key in ARCHITECTURE_KNOBS if key in spec})
     stage = {key: spec[key] for key in ("eval_contexts", "splice_contexts", "shuffle_buffer", "stream_seed", "checkpoint_every")}
     stage["splice_ci_width"] = spec.get("splice_ci_width")
     plan = plan_sweep(

@@ -17,9 +17,23 @@ from infra.ids import spec_id
 from infra.storage import join
 from infra.training.group import GroupMember
 from sae_core import SaeConfig, TrainConfig
+from sae_core.config import K_ARCHITECTURES
 
-K_ARCHITECTURES = ("topk", "batchtopk")
 PENALTY_ARCHITECTURES = ("relu", "jumprelu", "gated")
+ARCHITECTURE_KNOBS = ("matryoshka_prefix_fractions", "deep_encoder_depth", "deep_decoder_depth", "deep_width")
+"""Sweep settings (one value per sweep) that only one architecture reads; see architecture_knobs."""
+
+
+def architecture_knobs(architecture: str, axes: dict[str, Any], d_sae: int) -> dict[str, Any]:
+    """SaeConfig fields of an architecture's own knobs (none for the others, so their ids stay put).
+
+    Matryoshka prefixes are given as fractions of d_sae so one setting serves every expansion factor.
+    """
+    if architecture == "matryoshka_batchtopk" and "matryoshka_prefix_fractions" in axes:
+        return {"matryoshka_prefixes": tuple(max(1, round(f * d_sae)) for f in axes["matryoshka_prefix_fractions"])}
+    if architecture == "deep_topk":
+        return {key: axes[key] for key in ("deep_encoder_depth", "deep_decoder_depth", "deep_width") if key in axes}
+    return {}
 
 
 @dataclass
@@ -119,8 +133,9 @@ def expand_grid(
             if architecture in K_ARCHITECTURES
             else [{"sparsity_coefficient": c} for c in axes["sparsity_coefficients"]]
         )
+        knobs = architecture_knobs(architecture, axes, max(1, round(expansion * d_in)))
         for variant in variants:
-            sae_config = SaeConfig(architecture=architecture, d_in=d_in, expansion_factor=expansion, seed=seed, **variant)
+            sae_config = SaeConfig(architecture=architecture, d_in=d_in, expansion_factor=expansion, seed=seed, **variant, **knobs)
             train_config = TrainConfig(
                 total_steps=total_steps, lr=lr, warmup_steps=min(warmup_steps, total_steps), autocast_bf16=autocast_bf16
             )
@@ -160,6 +175,11 @@ def plan_points(sweep_id: str, root: str, conditions: dict[str, Any], grid: list
 def training_bytes(sae_config: SaeConfig, batch_size: int) -> int:
     """Rough device memory of one SAE in training: fp32 weights, grads, two Adam moments, activations."""
     params = 2 * sae_config.d_in * sae_config.d_sae + sae_config.d_sae + sae_config.d_in
+    if sae_config.architecture == "deep_topk":  # the MLP branches (sae_core.deep)
+        width = sae_config.deep_width
+        params += (sae_config.d_in + width * sae_config.deep_encoder_depth + sae_config.d_sae) * width
+        if sae_config.deep_decoder_depth:
+            params += (sae_config.d_sae + width * sae_config.deep_decoder_depth + sae_config.d_in) * width
     activations = 4 * batch_size * sae_config.d_sae  # pre-acts, acts, their grads
     return 4 * (4 * params + activations)
 

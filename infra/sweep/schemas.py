@@ -8,6 +8,7 @@ import pandera.pandas as pa
 
 from infra.schema_errors import describe_schema_error
 from infra.sweep.grid import K_ARCHITECTURES
+from sae_core import ARCHITECTURES
 
 
 def results_schema() -> pa.DataFrameSchema:
@@ -16,10 +17,10 @@ def results_schema() -> pa.DataFrameSchema:
     return pa.DataFrameSchema(
         {
             "sae_id": pa.Column(str, unique=True),
-            "architecture": pa.Column(str, pa.Check.isin(["relu", "topk", "batchtopk", "jumprelu", "gated"])),
+            "architecture": pa.Column(str, pa.Check.isin(list(ARCHITECTURES))),
             "d_sae": pa.Column("int64", pa.Check.gt(0)),
             "expansion_factor": pa.Column(float, pa.Check.gt(0)),
-            # Null where the architecture ignores the knob (k: relu/jumprelu/gated; coefficient: topk/batchtopk).
+            # Null where the architecture ignores the knob (k: relu/jumprelu/gated; coefficient: the K_ARCHITECTURES).
             "k": pa.Column("Int64", pa.Check.gt(0), nullable=True),
             "sparsity_coefficient": pa.Column(float, pa.Check.ge(0), nullable=True),
             "lr": pa.Column(float, pa.Check.gt(0)),
@@ -47,7 +48,7 @@ def results_schema() -> pa.DataFrameSchema:
             ),
             pa.Check(
                 lambda df: df["k"].isna() == ~df["architecture"].isin(K_ARCHITECTURES),
-                error="k is set exactly for topk/batchtopk points",
+                error="k is set exactly for the points of K_ARCHITECTURES",
             ),
             pa.Check(
                 lambda df: df["sparsity_coefficient"].isna() == df["architecture"].isin(K_ARCHITECTURES),

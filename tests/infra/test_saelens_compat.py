@@ -12,13 +12,20 @@ from sae_lens import SAE
 from infra.lm.models import PACKAGED_SMOLLM2, SMOLLM2_HUB_ID, model_provenance
 from infra.sae_store import load_sae, save_sae
 from sae_core import ARCHITECTURES
+from sae_core.saelens_format import NATIVE_ARCHITECTURES
 from tests.sae_core.helpers import activation_batch
 from tests.sae_core.test_contract import trained
 
-SAELENS_CLASS = {"relu": "StandardSAE", "topk": "TopKSAE", "batchtopk": "JumpReLUSAE", "jumprelu": "JumpReLUSAE", "gated": "GatedSAE"}
+SAELENS_CLASS = {"relu": "StandardSAE", "topk": "TopKSAE", "batchtopk": "JumpReLUSAE", "jumprelu": "JumpReLUSAE", "gated": "GatedSAE",
+                 "matryoshka_batchtopk": "JumpReLUSAE"}
 
 
-@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_every_architecture_exports_to_saelens_or_says_why_not():
+    assert set(SAELENS_CLASS) | set(NATIVE_ARCHITECTURES) == set(ARCHITECTURES)
+    assert not set(SAELENS_CLASS) & set(NATIVE_ARCHITECTURES)
+
+
+@pytest.mark.parametrize("architecture", list(SAELENS_CLASS))
 def test_saelens_loads_saeflow_export(architecture, tmp_path):
     ours = trained(architecture).sae
     directory = save_sae(ours, str(tmp_path), metadata={"hook_name": "blocks.3.hook_resid_post", "model_name": "tiny"})
@@ -57,6 +64,14 @@ def test_saeflow_loads_saelens_save(architecture, tmp_path):
     with torch.no_grad():
         assert torch.allclose(ours.encode(x_BD), theirs.encode(x_BD), atol=1e-4)
         assert torch.allclose(ours.decode(ours.encode(x_BD)), theirs.decode(theirs.encode(x_BD)), atol=1e-4)
+
+
+@pytest.mark.parametrize("architecture", NATIVE_ARCHITECTURES)
+def test_saelens_refuses_native_exports_by_name(architecture, tmp_path):
+    """SAELens has no MLP-encoder SAE: loading one must fail naming the architecture, not mis-load."""
+    directory = save_sae(trained(architecture, steps=3).sae, str(tmp_path), metadata={"hook_name": "blocks.3.hook_resid_post"})
+    with pytest.raises(Exception, match=architecture):
+        SAE.load_from_disk(directory, device="cpu")
 
 
 def test_export_names_the_real_model_behind_the_saeflow_alias(tmp_path):

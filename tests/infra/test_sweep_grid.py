@@ -107,3 +107,26 @@ def test_cache_key_follows_the_ids(harvest, tmp_path, monkeypatch):
 def test_a_non_positive_interval_target_fails_while_planning(harvest, tmp_path):
     with pytest.raises(ValueError, match=r"splice_ci_width=0 is invalid"):
         plan_with(harvest, str(tmp_path), splice_ci_width=0)
+
+
+def test_architecture_knobs_reach_only_their_architectures_configs():
+    axes = {**AXES, "architectures": ["topk", "matryoshka_batchtopk", "deep_topk"], "expansion_factors": [2.0, 4.0], "ks": [4],
+            "matryoshka_prefix_fractions": [0.125, 0.5], "deep_encoder_depth": 2, "deep_decoder_depth": 1, "deep_width": 24}
+    points = {(s.architecture, s.d_sae): s for s, _ in expand_grid(axes, d_in=16, total_steps=10, warmup_steps=0)}
+    assert points["matryoshka_batchtopk", 32].matryoshka_prefixes == (4, 16)  # fractions of each point's d_sae
+    assert points["matryoshka_batchtopk", 64].matryoshka_prefixes == (8, 32)
+    deep = points["deep_topk", 32]
+    assert (deep.deep_encoder_depth, deep.deep_decoder_depth, deep.deep_width) == (2, 1, 24)
+    plain = expand_grid({**AXES, "ks": [4]}, d_in=16, total_steps=10, warmup_steps=0)[0][0]
+    assert points["topk", 32].to_dict() == plain.to_dict(), "another architecture's knob leaked into a topk point (and its id)"
+
+
+def test_deep_and_matryoshka_knobs_change_their_points_ids(harvest, tmp_path):
+    axes = {**SMALL_AXES, "architectures": ["topk", "matryoshka_batchtopk", "deep_topk"], "ks": [2]}
+    def by_arch(plan):
+        return {p["sae_config"]["architecture"]: p["sae_id"] for p in plan.points}
+    base = by_arch(plan_with(harvest, str(tmp_path), axes={**axes, "matryoshka_prefix_fractions": [0.25], "deep_width": 8}))
+    changed = by_arch(plan_with(harvest, str(tmp_path), axes={**axes, "matryoshka_prefix_fractions": [0.5], "deep_width": 16}))
+    assert base["topk"] == changed["topk"]
+    assert base["matryoshka_batchtopk"] != changed["matryoshka_batchtopk"]
+    assert base["deep_topk"] != changed["deep_topk"]

@@ -16,6 +16,8 @@ ARCH_KWARGS = {
     "batchtopk": {"k": 4, "dead_after_tokens": 64},
     "jumprelu": {"sparsity_coefficient": 0.05},
     "gated": {"sparsity_coefficient": 0.5},
+    "matryoshka_batchtopk": {"k": 4, "dead_after_tokens": 64, "matryoshka_prefixes": (4, 16)},
+    "deep_topk": {"k": 4, "dead_after_tokens": 64, "deep_encoder_depth": 2, "deep_decoder_depth": 1, "deep_width": 24},
 }
 
 

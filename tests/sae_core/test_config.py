@@ -66,3 +66,22 @@ def test_config_round_trips_through_dict():
     assert SaeConfig.from_dict(cfg.to_dict()) == cfg
     train = TrainConfig(total_steps=5, optimizer="muon")
     assert TrainConfig.from_dict(train.to_dict()) == train
+
+
+def test_matryoshka_prefixes_default_and_rules():
+    from sae_core import ConfigError, SaeConfig
+
+    assert SaeConfig(architecture="matryoshka_batchtopk", d_in=16, d_sae=64).matryoshka_prefixes == (4, 8, 16, 32)
+    assert SaeConfig.from_dict({"architecture": "matryoshka_batchtopk", "d_in": 16, "d_sae": 64, "matryoshka_prefixes": [8]}).matryoshka_prefixes == (8,)
+    for bad in ((16, 8), (8, 8), (64,), (0, 8)):
+        with pytest.raises(ConfigError, match=r"SaeConfig\.matryoshka_prefixes=.*strictly increasing integers in 1\.\.d_sae-1=63"):
+            SaeConfig(architecture="matryoshka_batchtopk", d_in=16, d_sae=64, matryoshka_prefixes=bad)
+
+
+def test_deep_knob_rules():
+    from sae_core import ConfigError, SaeConfig
+
+    assert SaeConfig(architecture="deep_topk", d_in=16, d_sae=64).deep_width == 32
+    for field, value in (("deep_encoder_depth", 0), ("deep_decoder_depth", -1), ("deep_width", 0)):
+        with pytest.raises(ConfigError, match=rf"SaeConfig\.{field}={value} is invalid"):
+            SaeConfig(architecture="deep_topk", d_in=16, d_sae=64, **{field: value})

@@ -9,7 +9,7 @@ from sae_core import SaeTrainer, TrainConfig, fit_many, sparse_ops
 from sae_core.sparse_ops import Active, PreActivations, decode_active
 from tests.sae_core.helpers import D_IN, D_SAE, activation_batch, make_sae
 
-SPARSE_ARCHITECTURES = ("topk", "batchtopk", "relu")
+SPARSE_ARCHITECTURES = ("topk", "batchtopk", "relu", "matryoshka_batchtopk")
 
 
 @pytest.fixture(params=["sparse", "dense"])
@@ -76,7 +76,7 @@ def test_sparse_path_matches_plain_path(architecture, dead, kernel):
     firing_before = sae.tokens_since_fired.clone()
     plain, plain_grads = loss_and_grads(sae, x_BD, sparse=False)
     sae.tokens_since_fired.copy_(firing_before)
-    if architecture == "batchtopk":
+    if hasattr(sae, "threshold_seen"):  # batchtopk, matryoshka_batchtopk
         sae.threshold_seen.fill_(False)
     fast, fast_grads = loss_and_grads(sae, x_BD, sparse=True)
     assert set(fast.losses) == set(plain.losses)
@@ -88,6 +88,8 @@ def test_sparse_path_matches_plain_path(architecture, dead, kernel):
         assert torch.allclose(fast_grads[name], grad, rtol=1e-4, atol=1e-6), name
     if dead and architecture != "relu":
         assert plain.losses["aux"] > 0
+    if architecture == "matryoshka_batchtopk":
+        assert plain.losses["matryoshka_mse"] > plain.losses["mse"]  # two inner levels, each worse than the whole
 
 
 @pytest.mark.parametrize("architecture", SPARSE_ARCHITECTURES)
