@@ -11,10 +11,9 @@ from __future__ import annotations
 from prefect import flow
 
 from flows.harvest import HarvestSpec, harvest
-from flows.preflight import PreflightError, preflight
+from flows.preflight import PreflightError, preflight_in_flow
 from flows.specs import DiffSpec  # the spec is Prefect-free (the CLI imports it alone); re-exported here
 from infra.diff.plan import DiffSpecError
-from infra.lm.hookpoint_names import HookpointError
 from infra.storage import absolute_root
 from tasks.credentials import apply_storage_secret
 from tasks.diff import check_alignment_task, check_models_task, diff_report_task, plan_diff_task, train_crosscoder_task
@@ -28,12 +27,7 @@ class DiffPreflightError(PreflightError, DiffSpecError):
 def diff(spec: DiffSpec) -> str:
     """Check models -> harvest each on identical tokens -> check alignment -> crosscoder -> report."""
     apply_storage_secret(spec.storage_secret)
-    try:
-        preflight(spec)  # UI-triggered runs fail in milliseconds too, before any harvest or training
-    except PreflightError as error:
-        if isinstance(error, HookpointError):
-            raise  # already the error callers catch for hookpoints
-        raise DiffPreflightError(error.key, error.rule) from None
+    preflight_in_flow(spec, DiffPreflightError)  # UI-triggered runs fail in milliseconds too, before any harvest or training
     values = spec.model_dump()
     values["root"] = absolute_root(spec.root)
     d_model = check_models_task(spec.models, spec.hookpoint)

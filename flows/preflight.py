@@ -68,6 +68,20 @@ def preflight(spec: HarvestSpec | SweepSpec | DiffSpec | DemoSpec | SyntheticDem
         raise TypeError(f"no preflight for {type(spec).__name__}")
 
 
+def preflight_in_flow(spec: object, error_class: type[PreflightError]) -> None:
+    """preflight(spec) at the start of a flow: a failure re-raised as the flow's error class.
+
+    The class subclasses both PreflightError and the stage's own spec error, so callers that
+    catch either keep working; hookpoint errors are already what callers catch and pass as they are.
+    """
+    try:
+        preflight(spec)
+    except PreflightError as error:
+        if isinstance(error, HookpointError):
+            raise
+        raise error_class(error.key, error.rule) from None
+
+
 # --------------------------------------------------------------------------- pieces
 
 

@@ -8,9 +8,8 @@ from __future__ import annotations
 from prefect import flow
 
 from flows.harvest import harvest
-from flows.preflight import PreflightError, preflight
+from flows.preflight import PreflightError, preflight_in_flow
 from flows.specs import SweepSpec  # the spec is Prefect-free (the CLI imports it alone); re-exported here
-from infra.lm.hookpoint_names import HookpointError
 from infra.storage import absolute_root
 from infra.sweep.grid import SweepSpecError
 from tasks.credentials import apply_storage_secret
@@ -25,12 +24,7 @@ class SweepPreflightError(PreflightError, SweepSpecError):
 def sweep(spec: SweepSpec = SweepSpec()) -> str:
     """Harvest (cached) -> plan grid -> train groups on Ray -> results table -> report -> W&B."""
     apply_storage_secret(spec.storage_secret)
-    try:
-        preflight(spec)  # UI-triggered runs fail in milliseconds too, before any harvest or training
-    except PreflightError as error:
-        if isinstance(error, HookpointError):
-            raise  # already the error callers catch for hookpoints
-        raise SweepPreflightError(error.key, error.rule) from None
+    preflight_in_flow(spec, SweepPreflightError)  # UI-triggered runs fail in milliseconds too, before any harvest or training
     values = spec.model_dump()
     values["root"] = absolute_root(spec.root)
     harvest_uri = spec.harvest or harvest(spec.harvest_spec.model_copy(update={"root": values["root"]}))

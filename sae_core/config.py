@@ -82,15 +82,13 @@ def _check_deep_and_matryoshka(cfg: SaeConfig) -> None:
             _reject(name, field, value, f"an integer >= {low}")
 
 
-@dataclass
-class SaeConfig:
-    """What defines one sparse autoencoder: its shape, activation function and sparsity loss."""
-
-    architecture: str
-    """One of relu, topk, batchtopk, jumprelu, gated, matryoshka_batchtopk, deep_topk."""
+@dataclass(kw_only=True)
+class DictionaryConfig:
+    """Fields every sparse dictionary has (an SAE, a crosscoder): its size, sparsity budget, dead-latent
+    rules and initialisation. Keyword-only, so each kind keeps its own positional fields first."""
 
     d_in: int
-    """Width of the activations the SAE reads (the model's d_model at the hookpoint)."""
+    """Width of the activations read (the model's d_model at the hookpoint; each source's, for a crosscoder)."""
 
     expansion_factor: float = 8.0
     """Dictionary size as a multiple of d_in; ignored when d_sae is given."""
@@ -99,33 +97,24 @@ class SaeConfig:
     """Dictionary size (number of latents). Defaults to round(expansion_factor * d_in)."""
 
     k: int = 32
-    """Active latents per token for topk, deep_topk; mean active latents per token for (matryoshka_)batchtopk."""
+    """Active latents per token (topk kinds); mean active latents per token (batchtopk kinds). Unused otherwise."""
 
     sparsity_coefficient: float = 5.0
-    """Weight of the sparsity penalty: L1 (relu, gated) or L0 (jumprelu). Unused by topk/batchtopk."""
+    """Weight of the sparsity penalty: L1 (relu, gated; for a crosscoder weighted by the summed decoder
+    norms) or L0 (jumprelu). Unused by the k kinds."""
 
     sparsity_warmup_fraction: float = 0.05
     """Fraction of training over which the sparsity weight ramps linearly from 0 (Anthropic, Apr 2024)."""
 
     aux_k_coefficient: float = 1.0 / 32.0
-    """Weight of the AuxK dead-latent loss for topk/batchtopk (Gao et al. 2024 use 1/32)."""
+    """Weight of the AuxK dead-latent loss for the k kinds (Gao et al. 2024 use 1/32)."""
 
     aux_k: int | None = None
-    """Latents the AuxK loss may use; defaults to d_in // 2 (Gao et al. 2024), at most d_sae."""
+    """Latents the AuxK loss may use; defaults to half the joint input width, n_sources * d_in // 2
+    (Gao et al. 2024), at most d_sae."""
 
     dead_after_tokens: int = 10_000_000
     """A latent that has not fired for this many training tokens counts as dead (AuxK, metrics)."""
-
-    jumprelu_bandwidth: float = 0.05
-    """Width of the rectangle kernel of JumpReLU's straight-through estimator."""
-
-    jumprelu_init_threshold: float = 0.1
-    """Initial JumpReLU threshold for every latent, in sqrt(d_in)-scaled units.
-
-    0.1 rather than SAELens's 0.01: from 0.01 the threshold's pseudo-gradient (non-zero only
-    within bandwidth/2 of it) dies out before it reaches the scale of real activations, and
-    most latents stay on (measured: L0 ~100 of 256 on the synthetic benchmark vs 3.3 from 0.1).
-    """
 
     batchtopk_threshold_momentum: float = 0.01
     """EMA rate of the BatchTopK inference threshold (mean of the smallest kept activation)."""
@@ -138,13 +127,51 @@ class SaeConfig:
     """
 
     decoder_init_norm: float = 0.1
-    """Initial norm of decoder rows for relu (Anthropic, Apr 2024); others start at unit norm."""
+    """Initial norm of decoder rows for relu kinds (Anthropic, Apr 2024); the others start at unit norm."""
 
     b_dec_init: str = "geometric_median"
     """How b_dec is initialised from the first batch: zeros, mean or geometric_median."""
 
     normalize_activations: bool = True
-    """Scale inputs so their mean norm is sqrt(d_in); the scale is folded into exported weights."""
+    """Scale inputs to a fixed size (an SAE: mean norm sqrt(d_in), folded into exported weights; a
+    crosscoder: per source, see its source_normalization); False keeps model units."""
+
+    seed: int = 0
+    """Seed of the weight initialisation."""
+
+    def check_dictionary_fields(self, uses_k: bool, joint_sources: int, positive_fields: tuple[str, ...]) -> None:
+        """The shared rules (fills in d_sae and aux_k); each kind calls it from __post_init__."""
+        _check_dictionary_fields(self, uses_k, joint_sources, positive_fields)
+        if not isinstance(self.dead_after_tokens, int) or self.dead_after_tokens < 1:
+            _reject(type(self).__name__, "dead_after_tokens", self.dead_after_tokens, "a positive integer")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict of every field."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Any:
+        """Build from a dict, rejecting keys that are not fields (typos must not pass silently)."""
+        return _from_dict(cls, values)
+
+
+@dataclass
+class SaeConfig(DictionaryConfig):
+    """What defines one sparse autoencoder: its shape, activation function and sparsity loss."""
+
+    architecture: str
+    """One of relu, topk, batchtopk, jumprelu, gated, matryoshka_batchtopk, deep_topk."""
+
+    jumprelu_bandwidth: float = 0.05
+    """Width of the rectangle kernel of JumpReLU's straight-through estimator."""
+
+    jumprelu_init_threshold: float = 0.1
+    """Initial JumpReLU threshold for every latent, in sqrt(d_in)-scaled units.
+
+    0.1 rather than SAELens's 0.01: from 0.01 the threshold's pseudo-gradient (non-zero only
+    within bandwidth/2 of it) dies out before it reaches the scale of real activations, and
+    most latents stay on (measured: L0 ~100 of 256 on the synthetic benchmark vs 3.3 from 0.1).
+    """
 
     encoder_init_scale: float | None = None
     """W_enc starts as this times W_dec^T. Default (None, filled in): d_in / d_sae for jumprelu and
@@ -156,9 +183,6 @@ class SaeConfig:
     init_firing_fraction: float = 0.01
     """jumprelu / gated: the threshold (gate bias) of each latent is set from the first batch so it
     fires on this fraction of tokens at step 0 (the starting L0 is this times d_sae)."""
-
-    seed: int = 0
-    """Seed of the weight initialisation."""
 
     matryoshka_prefixes: tuple[int, ...] = ()
     """matryoshka_batchtopk: sizes m of the nested inner dictionaries (latents 0..m-1), strictly
@@ -178,14 +202,11 @@ class SaeConfig:
         name = type(self).__name__
         if self.architecture not in ARCHITECTURES:
             _reject(name, "architecture", self.architecture, f"one of {', '.join(ARCHITECTURES)}")
-        _check_dictionary_fields(
-            self,
+        self.check_dictionary_fields(
             uses_k=self.architecture in K_ARCHITECTURES,
             joint_sources=1,
             positive_fields=("jumprelu_bandwidth", "jumprelu_init_threshold", "decoder_init_norm"),
         )
-        if self.dead_after_tokens < 1:
-            _reject(name, "dead_after_tokens", self.dead_after_tokens, "a positive integer")
         if self.encoder_init_scale is None:
             # Filled in, so the value an SAE was made with is in its config (and its id).
             self.encoder_init_scale = self.d_in / self.d_sae if self.architecture in ("jumprelu", "gated") else 1.0
@@ -194,15 +215,6 @@ class SaeConfig:
         if not 0 < self.init_firing_fraction < 1:
             _reject(name, "init_firing_fraction", self.init_firing_fraction, "a fraction in (0, 1)")
         _check_deep_and_matryoshka(self)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict of every field."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> SaeConfig:
-        """Build from a dict, rejecting keys that are not fields (typos must not pass silently)."""
-        return _from_dict(cls, values)
 
 
 @dataclass

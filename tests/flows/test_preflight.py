@@ -44,7 +44,7 @@ def no_s3_env(monkeypatch):
 
 
 @pytest.mark.parametrize(("values", "loc", "rule"), [
-    ({"architectures": ["topkk"]}, ("architectures", 0), "'relu', 'topk', 'batchtopk', 'jumprelu' or 'gated'"),
+    ({"architectures": ["topkk"]}, ("architectures", 0), "'relu', 'topk', 'batchtopk', 'jumprelu', 'gated', 'matryoshka_batchtopk' or 'deep_topk'"),
     ({"ks": [-3]}, ("ks", 0), "greater than or equal to 1"),
     ({"ks": [0]}, ("ks", 0), "greater than or equal to 1"),
     ({"expansion_factors": [-1]}, ("expansion_factors", 0), "greater than 0"),

@@ -203,7 +203,7 @@ def test_diffing_math_on_known_decoders():
     x_hat_BMD = torch.stack([x_BMD[:, 0], x_BMD[:, 1].mean(dim=0).expand(64, 3)], dim=1)
     assert per_source_explained_variance(x_BMD, x_hat_BMD).tolist() == pytest.approx([1.0, 0.0], abs=1e-6)
     summary = diff_summary(W_dec_FMD, x_BMD, x_hat_BMD, acts_BF)
-    assert summary["counts"] == {"shared": 1, "a_only": 1, "b_only": 0, "other": 0}
+    assert summary["counts"] == {"shared": 1, "a_only": 1, "b_only": 0, "spurious": 0, "other": 0}
     assert summary["dead_latents"] == 3 and summary["shared_decoder_cosine_mean"] == pytest.approx(1.0)
 
 
