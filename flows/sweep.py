@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from prefect import flow
+from prefect import flow, unmapped
 
 from flows.harvest import harvest
 from flows.preflight import PreflightError, preflight_in_flow
@@ -13,7 +13,7 @@ from flows.specs import SweepSpec  # the spec is Prefect-free (the CLI imports i
 from infra.storage import absolute_root
 from infra.sweep.grid import SweepSpecError
 from tasks.credentials import apply_storage_secret
-from tasks.sweep import plan_sweep_task, report_task, track_task, train_groups_task, write_results_task
+from tasks.sweep import plan_sweep_task, report_task, track_task, train_group_task, write_results_task
 
 
 class SweepPreflightError(PreflightError, SweepSpecError):
@@ -22,14 +22,16 @@ class SweepPreflightError(PreflightError, SweepSpecError):
 
 @flow(name="sweep", log_prints=True)
 def sweep(spec: SweepSpec = SweepSpec()) -> str:
-    """Harvest (cached) -> plan grid -> train groups on Ray -> results table -> report -> W&B."""
+    """Harvest (cached) -> plan grid -> train each group on Ray (mapped) -> results table -> report -> W&B."""
     apply_storage_secret(spec.storage_secret)
     preflight_in_flow(spec, SweepPreflightError)  # UI-triggered runs fail in milliseconds too, before any harvest or training
     values = spec.model_dump()
     values["root"] = absolute_root(spec.root)
     harvest_uri = spec.harvest or harvest(spec.harvest_spec.model_copy(update={"root": values["root"]}))
     planned = plan_sweep_task(values, harvest_uri)
-    train_groups_task(planned, spec.num_actors, spec.ray_address)
+    # One task run per group: the UI shows each group's state, retries, duration and progress.
+    indices = list(range(len(planned["groups"])))
+    train_group_task.map(unmapped(planned), indices, unmapped(spec.num_actors), unmapped(spec.ray_address)).result()
     results_uri = write_results_task(planned)
     report_uri = report_task(planned, results_uri)
     logged = track_task(planned, spec.wandb_project, spec.wandb_mode)

@@ -13,6 +13,7 @@ from infra.harvest.plan import plan_harvest, run_harvest
 from infra.harvest.worker import HarvestJob
 from infra.lm.tokens import TokenSpec
 from infra.storage import exists, join
+from tasks.progress import progress_artifact
 from tasks.retry import STORAGE_RETRY, retry_unless_bad_input
 
 
@@ -50,8 +51,11 @@ def harvest_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> st
 
 @task(**STORAGE_RETRY, retry_condition_fn=retry_unless_bad_input, cache_key_fn=harvest_cache_key, persist_result=True)
 def harvest_task(job: HarvestJob, num_actors: int = 1, ray_address: str | None = None) -> dict[str, Any]:
-    """Harvest every missing shard with a pool of Ray actors and commit the manifest."""
-    return run_harvest(job, num_actors=num_actors, ray_address=ray_address)
+    """Harvest every missing shard with a pool of Ray actors and commit the manifest (progress as an artifact)."""
+    if exists(join(job.harvest, MANIFEST_FILE)):
+        return run_harvest(job)  # committed: no pool, no progress to show
+    sink = progress_artifact(f"harvest {job.harvest_id}: tokens harvested")
+    return run_harvest(job, num_actors=num_actors, ray_address=ray_address, sink=sink)
 
 
 @task(retries=2, retry_delay_seconds=2, retry_condition_fn=retry_unless_bad_input)

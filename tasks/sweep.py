@@ -1,4 +1,4 @@
-"""Prefect tasks of the sweep stage: plan the grid, train groups on Ray, tabulate, report, track."""
+"""Prefect tasks of the sweep stage: plan the grid, train each group on Ray (one task run each), tabulate, report, track."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from infra.sweep.report import below_random_note, data_note
 from infra.sweep.run import read_results, run_groups, write_results
 from infra.tracking import MARKER_FILE, log_once, run_files_dir
 from infra.training.group import HISTORY_FILE, is_finished, member_record
+from tasks.progress import progress_artifact
 from tasks.retry import STORAGE_RETRY, retry_unless_bad_input
 
 
@@ -45,31 +46,40 @@ def plan_sweep_task(spec: dict[str, Any], harvest: str) -> dict[str, Any]:
     return {"plan": asdict(plan), "groups": groups}
 
 
-def sweep_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
-    """Key on the grid's point ids, but only once every point is finished in storage.
+def group_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
+    """Key on the group's point ids, but only once every one of them is finished in storage.
 
     The ids hash every setting that changes a result (SweepPlan.conditions), so a finished
-    sweep is never reused under other settings.
+    group is never reused under other settings; storage, not Prefect's cache, says what is done.
     """
     plan = SweepPlan(**parameters["planned"]["plan"])
-    if not all(is_finished(member) for member in plan.members()):
+    sae_ids = parameters["planned"]["groups"][parameters["index"]]
+    if not all(is_finished(member) for member in plan.members(sae_ids)):
         return None
-    return f"sweep:{plan.sweep_id}:{spec_hash(sorted(p['sae_id'] for p in plan.points))}"
+    return f"sweep-group:{plan.sweep_id}:{spec_hash(sorted(sae_ids))}"
 
 
-@task(**STORAGE_RETRY, retry_condition_fn=retry_unless_bad_input, cache_key_fn=sweep_cache_key, persist_result=True)
-def train_groups_task(planned: dict[str, Any], num_actors: int, ray_address: str | None) -> list[str]:
-    """Train every unfinished point (groups share a stream); returns the trained SAE URIs."""
+@task(
+    **STORAGE_RETRY, retry_condition_fn=retry_unless_bad_input, cache_key_fn=group_cache_key, persist_result=True,
+    task_run_name="train-group-{index}",
+)
+def train_group_task(planned: dict[str, Any], index: int, num_actors: int, ray_address: str | None) -> list[str]:
+    """Train one group's unfinished points on one Ray actor (mapped: one task run per group); returns their SAE URIs.
+
+    Groups run side by side as far as Ray's resources allow: each actor asks for 1/num_actors of
+    the cluster's CPUs (or one GPU), so num_actors groups train at once and the rest queue in Ray.
+    """
     from infra.ray_pool import ensure_ray
 
     plan = SweepPlan(**planned["plan"])
-    finished = {m.sae_id for m in plan.members() if is_finished(m)}
-    todo = [[sae_id for sae_id in group if sae_id not in finished] for group in planned["groups"]]
-    todo = [group for group in todo if group]
+    members = plan.members(planned["groups"][index])
+    todo = [m.sae_id for m in members if not is_finished(m)]
     if todo:
         ensure_ray(ray_address)
-        run_groups(plan, todo, num_actors)
-    return [p["sae_uri"] for p in plan.points]
+        label = f"group {index}"
+        sink = progress_artifact(f"sweep {plan.sweep_id} {label}: tokens trained")
+        run_groups(plan, [todo], 1, labels=[label], sink=sink, cpu_share=min(num_actors, len(planned["groups"])))
+    return [m.sae_uri for m in members]
 
 
 @task(**STORAGE_RETRY, retry_condition_fn=retry_unless_bad_input)

@@ -8,6 +8,7 @@ run_harvest farms the missing shards out to a Ray pool; commit_harvest writes th
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from infra.activations.store import (
@@ -26,6 +27,7 @@ from infra.lm.hookpoints import resolve_hookpoints
 from infra.lm.models import ModelRef, load_model_config, load_tokenizer, model_facts
 from infra.lm.tokens import TokenSpec, pack_tokens, token_table
 from infra.parquet_io import write_parquet_atomic
+from infra.progress import PoolProgress
 from infra.ray_pool import ensure_ray, run_pool
 from infra.storage import exists, join
 
@@ -101,15 +103,22 @@ def missing_shards(job: HarvestJob) -> list[int]:
     return [i for i in range(job.num_shards) if read_marker(job.harvest, i) is None]
 
 
-def run_harvest(job: HarvestJob, num_actors: int = 1, ray_address: str | None = None) -> dict[str, Any]:
-    """Harvest every missing shard on a Ray pool, then commit; returns a summary for the flow."""
+def run_harvest(
+    job: HarvestJob, num_actors: int = 1, ray_address: str | None = None, sink: Callable[[float, str], None] | None = None
+) -> dict[str, Any]:
+    """Harvest every missing shard on a Ray pool, then commit; returns a summary for the flow.
+
+    Tokens harvested show as a tqdm bar; sink(percent, description) gets them every few seconds.
+    """
     if exists(join(job.harvest, MANIFEST_FILE)):
         return {"manifest": join(job.harvest, MANIFEST_FILE), "harvested_shards": 0, "cached": True}
     todo = missing_shards(job)
     started = time.perf_counter()
     if todo:
         ensure_ray(ray_address)
-        run_pool(ShardHarvester, (job,), "harvest", todo, num_actors, name_prefix=f"harvest-{job.harvest_id}")
+        totals = {i: len(job.shard_contexts(i)) * job.context_length for i in todo}
+        progress = PoolProgress(totals, dict.fromkeys(todo, "harvest"), "tok", sink)
+        run_pool(ShardHarvester, (job,), "harvest", todo, num_actors, name_prefix=f"harvest-{job.harvest_id}", progress=progress)
     manifest_uri = commit_harvest(job)
     return {"manifest": manifest_uri, "harvested_shards": len(todo), "cached": False, "seconds": time.perf_counter() - started}
 

@@ -26,6 +26,7 @@ from infra.activations.store import (
 from infra.lm.hookpoints import capture_activations, resolve_hookpoints
 from infra.lm.models import load_model
 from infra.lm.tokens import tokens_from_table
+from infra.progress import ItemReporter
 from infra.storage import write_json_atomic
 
 
@@ -100,7 +101,10 @@ class ShardHarvester:
         contexts = job.shard_contexts(index)
         captured: dict[str, list[np.ndarray]] = {hp: [] for hp in job.hookpoints}
         np_dtype = STORED_DTYPES[job.dtype]
+        reporter = ItemReporter(index)  # tokens harvested, to the driver's progress bar (when one listens)
         for start in range(contexts.start, contexts.stop, job.batch_contexts):
+            if reporter.due():
+                reporter.send((start - contexts.start) * job.context_length)
             stop = min(start + job.batch_contexts, contexts.stop)
             input_ids_BS = torch.from_numpy(self.tokens.token_ids_NS[start:stop].astype(np.int64)).to(self.device)
             # Packed contexts have no padding: an all-ones mask says so (and silences HF's warning).

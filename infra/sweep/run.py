@@ -8,6 +8,7 @@ exports them. Finished points are skipped, interrupted ones resume from their ch
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -20,6 +21,7 @@ from infra.lm.models import load_model, model_provenance
 from infra.lm.splice_eval import splice_metrics
 from infra.lm.tokens import tokens_from_table
 from infra.parquet_io import read_parquet, write_parquet_atomic
+from infra.progress import ItemReporter, PoolProgress
 from infra.ray_pool import run_pool
 from infra.storage import join
 from infra.sweep.context_eval import explained_variance_interval
@@ -80,6 +82,14 @@ class TrainGroupWorker:
         """Train, evaluate and export one group; returns its records."""
         members = self.plan.members(self.groups[group_index])
         seed = self.plan.stream_seed
+        reporter = ItemReporter(group_index)
+
+        def on_step(consumed: int, metrics: list[dict[str, torch.Tensor] | None]) -> None:
+            # Tokens of the shared stream (each member sees every batch) and the members' mean loss.
+            if reporter.due():
+                losses = [float(m["loss"]) for m in metrics if m is not None]
+                reporter.send(consumed * self.plan.batch_size, **({"loss": sum(losses) / len(losses)} if losses else {}))
+
         return train_group(
             members,
             stream_from=lambda start: iter_batches(self._stream(self.train_range, training=True, seed=seed), start_batch=start),
@@ -89,12 +99,30 @@ class TrainGroupWorker:
             # model_name etc. name the real model (the hub id behind a saeflow alias) so other tools can load it.
             metadata={"hook_name": self.plan.hookpoint, **model_provenance(self.manifest["model"]), "dataset_path": self.plan.harvest},
             extra_eval=self._extra_eval,
+            on_step=on_step,
         )
 
 
-def run_groups(plan: SweepPlan, groups: list[list[str]], num_actors: int) -> None:
-    """Train every group on a pool of TrainGroupWorker actors."""
-    run_pool(TrainGroupWorker, (asdict(plan), groups), "train", list(range(len(groups))), num_actors, name_prefix=f"sweep-{plan.sweep_id}")
+def run_groups(
+    plan: SweepPlan,
+    groups: list[list[str]],
+    num_actors: int,
+    labels: list[str] | None = None,
+    sink: Callable[[float, str], None] | None = None,
+    cpu_share: int | None = None,
+) -> None:
+    """Train every group on a pool of TrainGroupWorker actors, drawing tokens trained per group.
+
+    labels name each group's progress bar (default "group i"); sink(percent, description)
+    receives the overall progress every few seconds and 100 at the end of a finished run.
+    """
+    labels = labels or [f"group {i}" for i in range(len(groups))]
+    items = list(range(len(groups)))
+    progress = PoolProgress({i: plan.total_steps * plan.batch_size for i in items}, dict(zip(items, labels, strict=True)), "tok", sink)
+    prefix = f"sweep-{plan.sweep_id}" if len(labels) > 1 else f"sweep-{plan.sweep_id}-{labels[0].replace(' ', '')}"
+    run_pool(
+        TrainGroupWorker, (asdict(plan), groups), "train", items, num_actors, name_prefix=prefix, progress=progress, cpu_share=cpu_share
+    )
 
 
 RESULT_CONFIG_COLUMNS = ("architecture", "d_sae", "expansion_factor", "k", "sparsity_coefficient", "seed")

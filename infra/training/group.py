@@ -102,12 +102,14 @@ def train_group(
     metadata: dict[str, Any] | None = None,
     log_every: int = 50,
     extra_eval: Callable[[SparseCoder], dict[str, float]] | None = None,
+    on_step: Callable[[int, list[dict[str, torch.Tensor] | None]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Train, evaluate and export every unfinished member; returns one record per member.
 
     `stream_from(i)` must yield the shared stream starting at batch i, so a resumed group
     continues exactly where its checkpoint stopped. `extra_eval(sae)` adds metrics (e.g. CE
-    loss recovered by splicing into the model).
+    loss recovered by splicing into the model). `on_step(batches_consumed, metrics)` sees every
+    step (progress reports); metrics hold tensors, so converting them is the caller's cost.
     """
     device = device or pick_device()
     keep_freed_memory()  # training reallocates the same large tensors every step
@@ -122,6 +124,8 @@ def train_group(
         cohort = [i for i, position in enumerate(positions) if position == start_batch]
         for report in fit_many([trainers[i] for i in cohort], stream_from(start_batch)):
             consumed = start_batch + report.step + 1
+            if on_step is not None:
+                on_step(consumed, report.metrics)
             if consumed % log_every == 0:
                 for i, metrics in zip(cohort, report.metrics):
                     if metrics is not None:

@@ -99,7 +99,7 @@ def test_sweep_trains_evaluates_reports_and_caches(stored_harvest, monkeypatch):
 
     trained = []
     real_run_groups = tasks.sweep.run_groups
-    monkeypatch.setattr(tasks.sweep, "run_groups", lambda plan, groups, *a: trained.append(groups) or real_run_groups(plan, groups, *a))
+    monkeypatch.setattr(tasks.sweep, "run_groups", lambda plan, groups, *a, **k: trained.append(groups) or real_run_groups(plan, groups, *a, **k))
     stamps = {p: p.stat().st_mtime_ns for p in root.glob("saes/*/*/sae_weights.safetensors")}
     sweep(spec(harvest, root, ks=[4, 8, 2]))
     new_ids = {sae_id for groups in trained for group in groups for sae_id in group}

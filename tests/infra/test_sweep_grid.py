@@ -98,7 +98,9 @@ def test_cache_key_follows_the_ids(harvest, tmp_path, monkeypatch):
     monkeypatch.setattr(tasks.sweep, "is_finished", lambda member: True)
 
     def key(**change):
-        return tasks.sweep.sweep_cache_key(None, {"planned": {"plan": asdict(plan_with(harvest, str(tmp_path), **change))}})
+        plan = asdict(plan_with(harvest, str(tmp_path), **change))
+        planned = {"plan": plan, "groups": [[p["sae_id"] for p in plan["points"]]]}
+        return tasks.sweep.group_cache_key(None, {"planned": planned, "index": 0})
 
     assert key() == key() == key(checkpoint_every=50)
     assert len({key(), key(shuffle_buffer=16), key(stream_seed=1), key(eval_contexts=3), key(splice_contexts=2)}) == 5
