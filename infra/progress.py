@@ -81,7 +81,7 @@ class PoolProgress:
         unit: str = "tok",
         sink: Callable[[float, str], None] | None = None,
     ) -> None:
-        self.item_totals, self.bar_of, self.sink = item_totals, bar_of, sink
+        self.item_totals, self.bar_of, self.sink, self.unit = item_totals, bar_of, sink, unit
         self.done = dict.fromkeys(item_totals, 0)
         self.info: dict[str, dict[str, float]] = {}
         self.names = sorted(set(bar_of.values()), key=list(bar_of.values()).index)
@@ -138,13 +138,8 @@ class PoolProgress:
             rate = (done - at_start) / (now - started) if now > started and done > at_start else 0.0
             eta = f"ETA {(total - done) / rate:.0f}s" if rate and done < total else ("done" if done >= total else "ETA ?")
             extra = "".join(f", {k} {v:.4g}" for k, v in self.info.get(name, {}).items())
-            lines.append(f"{name}: {done:,}/{total:,} {self.unit_label()}, {rate:,.0f}/s, {eta}{extra}")
+            lines.append(f"{name}: {done:,}/{total:,} {self.unit}, {rate:,.0f} {self.unit}/s, {eta}{extra}")
         return "; ".join(lines)
-
-    def unit_label(self) -> str:
-        """The unit the bars count."""
-        bar = next(iter(self.bars.values()), None)
-        return bar.unit if bar is not None else ""
 
     def close(self, finished: bool) -> None:
         """Close the bars; a finished run also sends its final 100% to the sink."""

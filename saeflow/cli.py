@@ -83,7 +83,11 @@ def cmd_flow(args: argparse.Namespace) -> int:
         print(f"saeflow {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     if args.dry_run:
+        from saeflow.plan_cost import cost_lines
+
         print(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), end="")
+        # The cost as YAML comments: the output stays a spec that can be saved and run.
+        print("".join(f"# {line}\n" for line in cost_lines(args.command, spec)), end="")
         return EXIT_OK
     from saeflow.runtime import EXIT_INTERRUPTED, run_from_terminal
 
@@ -199,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
         flow_parser.add_argument("--set", action="append", metavar="KEY=VALUE",
                                  help="Override a spec field; VALUE is parsed as YAML, dotted KEY for nested specs "
                                       "(e.g. --set harvest_spec.num_tokens=1000). Repeatable.")
-        flow_parser.add_argument("--dry-run", action="store_true", help="Validate and print the resolved spec as YAML; run nothing.")
+        flow_parser.add_argument("--dry-run", action="store_true", help="Validate, print the resolved spec as YAML and what it will cost "
+                                 "(tokens, points, groups, storage, device time where measured); run nothing.")
         flow_parser.add_argument("--traceback", action="store_true", help="Re-raise flow failures with the full traceback.")
         flow_parser.set_defaults(handler=cmd_flow)
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.context import TaskRunContext
 
 from infra.activations.schemas import validate_harvest
 from infra.activations.store import MANIFEST_FILE, read_manifest
+from infra.cost import harvest_cost
 from infra.harvest.plan import plan_harvest, run_harvest
 from infra.harvest.worker import HarvestJob
 from infra.lm.tokens import TokenSpec
@@ -28,7 +29,7 @@ def plan_harvest_task(spec: dict[str, Any]) -> HarvestJob:
         seed=spec["seed"],
         text_column=spec["text_column"],
     )
-    return plan_harvest(
+    job = plan_harvest(
         model=spec["model"],
         hookpoints=spec["hookpoints"],
         token_spec=token_spec,
@@ -37,6 +38,18 @@ def plan_harvest_task(spec: dict[str, Any]) -> HarvestJob:
         contexts_per_shard=spec["contexts_per_shard"],
         batch_contexts=spec["batch_contexts"],
     )
+    if not exists(join(job.harvest, MANIFEST_FILE)):
+        d_model = model_width(job)
+        cost = harvest_cost(spec["root"], job.model, job.num_contexts * job.context_length, d_model, len(job.hookpoints), job.dtype)
+        get_run_logger().info("cost plan of harvest %s:\n%s", job.harvest_id, "\n".join(cost.lines()))
+    return job
+
+
+def model_width(job: HarvestJob) -> int | None:
+    """The model's width from its config (no weights loaded)."""
+    from infra.lm.models import load_model_config, model_facts
+
+    return model_facts(load_model_config(job.model)).d_model
 
 
 def harvest_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:

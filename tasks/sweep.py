@@ -9,6 +9,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import TaskRunContext
 
+from infra.cost import sweep_cost
 from infra.features.mcs import mcs_section
 from infra.ids import spec_hash
 from infra.storage import join, read_json, write_bytes_atomic
@@ -43,6 +44,12 @@ def plan_sweep_task(spec: dict[str, Any], harvest: str) -> dict[str, Any]:
         )
     # Grouping is outside the ids: it only decides which points share a stream (see infra.sweep.grid.NOT_IN_IDS).
     groups = group_points(plan.points, plan.batch_size, memory_budget_bytes(), spec["max_group_size"])
+    members = plan.members()
+    finished = sum(is_finished(m) for m in members)
+    note = [f"{finished} of {len(members)} points already finished (not trained again)"] if finished else []
+    shapes = [(m.sae_config.d_in, m.sae_config.d_sae) for m in members if not is_finished(m)]
+    cost = sweep_cost(plan.root, shapes, plan.total_steps * plan.batch_size, plan.batch_size, len(groups), note)
+    get_run_logger().info("cost plan of sweep %s:\n%s", plan.sweep_id, "\n".join(cost.lines()))
     return {"plan": asdict(plan), "groups": groups}
 
 

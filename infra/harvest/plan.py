@@ -21,6 +21,7 @@ from infra.activations.store import (
     read_marker,
     write_manifest,
 )
+from infra.cost import record_rate
 from infra.harvest.worker import HarvestJob, ShardHarvester
 from infra.ids import spec_id
 from infra.lm.hookpoints import resolve_hookpoints
@@ -120,7 +121,20 @@ def run_harvest(
         progress = PoolProgress(totals, dict.fromkeys(todo, "harvest"), "tok", sink)
         run_pool(ShardHarvester, (job,), "harvest", todo, num_actors, name_prefix=f"harvest-{job.harvest_id}", progress=progress)
     manifest_uri = commit_harvest(job)
+    record_harvest_rate(job, todo)
     return {"manifest": manifest_uri, "harvested_shards": len(todo), "cached": False, "seconds": time.perf_counter() - started}
+
+
+def record_harvest_rate(job: HarvestJob, shards: list[int]) -> None:
+    """Tokens per device second of the shards harvested now, per device, for later cost plans."""
+    by_device: dict[str, list[float]] = {}
+    for record in filter(None, (read_marker(job.harvest, i) for i in shards)):
+        if "device" in record:
+            rows, seconds = by_device.setdefault(record["device"], [0.0, 0.0]), record["seconds"]
+            rows[0], rows[1] = rows[0] + record["rows"], rows[1] + seconds
+    root = job.harvest.rsplit("/activations/", 1)[0]
+    for device, (rows, seconds) in by_device.items():
+        record_rate(root, "harvest", job.model, device, rows, seconds, f"harvest {job.harvest_id}")
 
 
 def harvest_in_process(job: HarvestJob, device: str | None = None) -> str:

@@ -23,6 +23,7 @@ from infra.activations.store import (
     shard_table,
     write_shard_file,
 )
+from infra.cost import device_label
 from infra.lm.hookpoints import capture_activations, resolve_hookpoints
 from infra.lm.models import load_model
 from infra.lm.tokens import tokens_from_table
@@ -134,6 +135,7 @@ class ShardHarvester:
             "files": files,
             "norms": norms,
             "seconds": time.perf_counter() - started,
+            "device": device_label(self.device),  # the rate's device, for later cost plans (infra.cost)
         }
         # The marker goes last: a shard without one is redone from scratch, never trusted.
         write_json_atomic(marker_uri(job.harvest, index), record)

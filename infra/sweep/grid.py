@@ -13,6 +13,7 @@ import itertools
 from dataclasses import dataclass
 from typing import Any
 
+from infra.cost import pack_groups, training_bytes
 from infra.ids import spec_id
 from infra.storage import join
 from infra.training.group import GroupMember
@@ -172,30 +173,22 @@ def plan_points(sweep_id: str, root: str, conditions: dict[str, Any], grid: list
     return points
 
 
-def training_bytes(sae_config: SaeConfig, batch_size: int) -> int:
-    """Rough device memory of one SAE in training: fp32 weights, grads, two Adam moments, activations."""
-    params = 2 * sae_config.d_in * sae_config.d_sae + sae_config.d_sae + sae_config.d_in
+def sae_training_bytes(sae_config: SaeConfig, batch_size: int) -> int:
+    """infra.cost.training_bytes of one SAE, plus the MLP branches of a deep_topk SAE."""
+    params = 0
     if sae_config.architecture == "deep_topk":  # the MLP branches (sae_core.deep)
         width = sae_config.deep_width
         params += (sae_config.d_in + width * sae_config.deep_encoder_depth + sae_config.d_sae) * width
         if sae_config.deep_decoder_depth:
             params += (sae_config.d_sae + width * sae_config.deep_decoder_depth + sae_config.d_in) * width
-    activations = 4 * batch_size * sae_config.d_sae  # pre-acts, acts, their grads
-    return 4 * (4 * params + activations)
+    # fp32 weights, grads and two Adam moments of the branches, on top of the linear SAE's bytes.
+    return training_bytes(sae_config.d_in, sae_config.d_sae, batch_size) + 4 * 4 * params
 
 
 def group_points(points: list[dict[str, Any]], batch_size: int, budget_bytes: int, max_group: int) -> list[list[str]]:
     """Pack points (largest first) into groups that fit the memory budget; returns lists of sae_ids."""
-    sized = sorted(((training_bytes(SaeConfig.from_dict(p["sae_config"]), batch_size), p["sae_id"]) for p in points), reverse=True)
-    groups: list[tuple[int, list[str]]] = []
-    for size, sae_id in sized:
-        for index, (used, ids) in enumerate(groups):
-            if used + size <= budget_bytes and len(ids) < max_group:
-                groups[index] = (used + size, [*ids, sae_id])
-                break
-        else:
-            groups.append((size, [sae_id]))
-    return [ids for _, ids in groups]
+    configs = [(SaeConfig.from_dict(p["sae_config"]), p["sae_id"]) for p in points]
+    return pack_groups([(sae_training_bytes(c, batch_size), sae_id) for c, sae_id in configs], budget_bytes, max_group)
 
 
 class SweepSpecError(ValueError):

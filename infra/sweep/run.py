@@ -17,6 +17,7 @@ import torch
 
 from infra.activations.store import read_manifest, read_tokens_table
 from infra.activations.stream import StreamSpec, iter_batches, split_eval
+from infra.cost import device_label, record_rate
 from infra.lm.models import load_model, model_provenance
 from infra.lm.splice_eval import splice_metrics
 from infra.lm.tokens import tokens_from_table
@@ -27,7 +28,7 @@ from infra.storage import join
 from infra.sweep.context_eval import explained_variance_interval
 from infra.sweep.grid import K_ARCHITECTURES, SweepPlan
 from infra.sweep.schemas import validate_results
-from infra.training.group import member_record, train_group
+from infra.training.group import GroupMember, member_record, train_group
 from sae_core import SparseCoder
 from sae_core.devices import pick_device
 
@@ -90,7 +91,7 @@ class TrainGroupWorker:
                 losses = [float(m["loss"]) for m in metrics if m is not None]
                 reporter.send(consumed * self.plan.batch_size, **({"loss": sum(losses) / len(losses)} if losses else {}))
 
-        return train_group(
+        records = train_group(
             members,
             stream_from=lambda start: iter_batches(self._stream(self.train_range, training=True, seed=seed), start_batch=start),
             eval_batches=lambda: iter_batches(self._stream(self.eval_range, training=False, seed=seed)),
@@ -101,6 +102,16 @@ class TrainGroupWorker:
             extra_eval=self._extra_eval,
             on_step=on_step,
         )
+        self._record_throughput(members, records)
+        return records
+
+    def _record_throughput(self, members: list[GroupMember], records: list[dict[str, Any]]) -> None:
+        """This device's training rate (token*d_in*d_sae per device second), for later cost plans."""
+        shapes = {m.sae_id: m.sae_config.d_in * m.sae_config.d_sae for m in members}
+        timed = [r for r in records if r.get("device_seconds") and r.get("train_tokens")]
+        work = sum(r["train_tokens"] * shapes[r["sae_id"]] for r in timed)
+        seconds = sum(r["device_seconds"] for r in timed)
+        record_rate(self.plan.root, "sweep", "sae", device_label(self.device), work, seconds, f"sweep {self.plan.sweep_id}")
 
 
 def run_groups(

@@ -73,3 +73,24 @@ def test_harvest_and_sweep_show_progress_and_map_groups(tmp_path, monkeypatch, c
     assert sorted(n for n in task_run_names(flow_run_id) if n.startswith("train-group")) == ["train-group-0", "train-group-1"]
     err = capfd.readouterr().err
     assert "group 0" in err and "group 1" in err and "tok/s" in err
+
+    # Both runs recorded their throughput, so a dry run of the next sweep prices its device time.
+    from infra.cost import measured_rates
+    from saeflow.cli import main
+
+    assert set(measured_rates(str(tmp_path), "sweep", "sae")) == {"cpu"}
+    assert set(measured_rates(str(tmp_path), "harvest", str(model))) == {"cpu"}
+    assert main(["sweep", "--dry-run", "--set", f"harvest={harvest_uri}", "--set", f"root={tmp_path}", "--set", f"hookpoint={HOOKPOINT}",
+                 "--set", "ks=[4]", "--set", "expansion_factors=[2.0]", "--set", "architectures=[topk]"]) == 0
+    out = capfd.readouterr().out
+    assert "# sweep: 1,998,848 tokens, 1 points in 1 groups" in out and "device time on cpu: ~" in out
+
+
+def test_hidden_bars_still_feed_the_sink(monkeypatch):
+    monkeypatch.setenv("SAEFLOW_PROGRESS", "0")
+    sent: list[tuple[float, str]] = []
+    progress = PoolProgress({0: 10}, {0: "harvest"}, "tok", lambda p, d: sent.append((p, d)))
+    progress.update({0: (5, {})})
+    progress.close(finished=True)
+    percent, description = sent[-1]
+    assert percent == 100.0 and description.startswith("harvest: 10/10 tok, ") and description.endswith("tok/s, done")
