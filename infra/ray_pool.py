@@ -36,7 +36,10 @@ def _init_ray(address: str | None, num_cpus: int | None) -> None:
     apply_quiet_defaults()
     address = address or os.environ.get("SAEFLOW_RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=True)
+        # A driver joining a loopback cluster must say it is on 127.0.0.1 too, or Ray looks for
+        # a raylet on the machine's outward address and finds none.
+        loopback = address.split("://")[-1].startswith(("127.0.0.1:", "localhost:"))
+        ray.init(address=address, log_to_driver=True, **({"_node_ip_address": "127.0.0.1"} if loopback else {}))
     else:
         ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=True)
 
