@@ -6,7 +6,7 @@ feature directions, which real activations never tell us.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -44,9 +44,17 @@ class SyntheticFeatures:
 
     def batches(self, batch_size: int, num_batches: int, seed: int | None = None) -> Iterator[Tensor]:
         """A reproducible stream of batches."""
-        generator = torch.Generator().manual_seed(self.seed + 1 if seed is None else seed)
-        for _ in range(num_batches):
-            yield self.sample(batch_size, generator)
+        return sample_batches(self.sample, self.seed + 1 if seed is None else seed, batch_size, num_batches)
+
+
+def sample_batches(
+    sample: Callable[[int, torch.Generator], Tensor], seed: int, batch_size: int, num_batches: int
+) -> Iterator[Tensor]:
+    """num_batches draws of sample(batch_size, generator) from one generator seeded with seed (the
+    default seed is the data's own + 1, so batches never reuse the stream that drew the directions)."""
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(num_batches):
+        yield sample(batch_size, generator)
 
 
 @torch.no_grad()

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from sae_core.geometry import random_directions
+from sae_core.synthetic import sample_batches
 
 
 @dataclass
@@ -57,9 +58,7 @@ class HardSyntheticFeatures:
 
     def batches(self, batch_size: int, num_batches: int, seed: int | None = None) -> Iterator[Tensor]:
         """A reproducible stream of batches."""
-        generator = torch.Generator().manual_seed(self.seed + 1 if seed is None else seed)
-        for _ in range(num_batches):
-            yield self.sample(batch_size, generator)
+        return sample_batches(self.sample, self.seed + 1 if seed is None else seed, batch_size, num_batches)
 
 
 @torch.no_grad()

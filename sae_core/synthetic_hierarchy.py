@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from sae_core.geometry import random_directions
+from sae_core.synthetic import sample_batches
 
 
 @dataclass
@@ -65,6 +66,7 @@ class SyntheticHierarchy:
 
     def batches(self, batch_size: int, num_batches: int, seed: int | None = None) -> Iterator[Tensor]:
         """A reproducible stream of batches."""
-        generator = torch.Generator().manual_seed(self.seed + 1 if seed is None else seed)
-        for _ in range(num_batches):
-            yield self.sample_with_labels(batch_size, generator)[0]
+        def sample(num_tokens: int, generator: torch.Generator) -> Tensor:
+            return self.sample_with_labels(num_tokens, generator)[0]
+
+        return sample_batches(sample, self.seed + 1 if seed is None else seed, batch_size, num_batches)

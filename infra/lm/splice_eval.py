@@ -83,6 +83,19 @@ def replacing_activation(model: nn.Module, hookpoint: Hookpoint, edit: Callable[
         handle.remove()
 
 
+def forward_capturing(model: nn.Module, hookpoint: Hookpoint, ids_BS: Tensor) -> tuple[Tensor, Tensor]:
+    """(logits [B, S, V], the activations [B, S, D] at the hookpoint) of one clean forward pass."""
+    captured: list[Tensor] = []
+
+    def record(x_BSD: Tensor) -> Tensor:
+        captured.append(x_BSD)
+        return x_BSD
+
+    with replacing_activation(model, hookpoint, record):
+        logits_BSV = model(input_ids=ids_BS, use_cache=False).logits
+    return logits_BSV, captured[0]
+
+
 @contextmanager
 def _eval_mode(module: Any) -> Iterator[None]:
     """Within the block an nn.Module is in eval mode; its training flag is restored after."""
@@ -129,14 +142,7 @@ def _score_batch(
     # Logits at position t predict token t+1: CE is scored from non-special positions (the last has
     # no target); KL from every non-special position, the last included (SAELens's convention).
     targets_BS, ce_scored_BS, kl_scored_BS = ids_BS[:, 1:], ~special_BS[:, :-1], ~special_BS
-    captured: list[Tensor] = []
-
-    def record(x_BSD: Tensor) -> Tensor:
-        captured.append(x_BSD)
-        return x_BSD
-
-    with replacing_activation(model, hookpoint, record):
-        logits_BSV = model(input_ids=ids_BS, use_cache=False).logits
+    logits_BSV, x_BSD = forward_capturing(model, hookpoint, ids_BS)
     logp_clean_BSV = F.log_softmax(logits_BSV.float(), dim=-1)
     ce_clean_BS = -logp_clean_BSV[:, :-1].gather(-1, targets_BS.unsqueeze(-1)).squeeze(-1)
     sums = {
@@ -144,7 +150,6 @@ def _score_batch(
         "n_ce": ce_scored_BS.sum(dim=1).double().cpu(),
         "n_kl": kl_scored_BS.sum(dim=1).double().cpu(),
     }
-    x_BSD = captured[0]
     # The SAE never sees special positions (it was trained without them), so they stay clean.
     x_hat_BSD = splice(x_BSD)
     if x_hat_BSD.shape != x_BSD.shape:

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from infra.activations.store import activations_numpy, open_activations
 from infra.lm.hookpoints import Hookpoint
-from infra.lm.splice_eval import replacing_activation
+from infra.lm.splice_eval import forward_capturing, replacing_activation
 from sae_core import SparseCoder
 from sae_core.metrics import ce_loss_recovered
 from sae_core.steering import ablate, latent_replacement, set_latents
@@ -42,15 +42,8 @@ def harvest_rows(harvest: str, hookpoint: str, rows: int) -> Tensor:
 @torch.no_grad()
 def clean_run(model: nn.Module, hookpoint: Hookpoint, ids_1S: Tensor) -> tuple[Tensor, Tensor]:
     """(log-probs [S-1, V] of the clean model's predictions, activations [1, S, D] at the hookpoint)."""
-    captured: list[Tensor] = []
-
-    def record(x_BSD: Tensor) -> Tensor:
-        captured.append(x_BSD)
-        return x_BSD
-
-    with replacing_activation(model, hookpoint, record):
-        logits_1SV = model(input_ids=ids_1S, use_cache=False).logits
-    return F.log_softmax(logits_1SV[0, :-1].float(), dim=-1), captured[0]
+    logits_1SV, x_1SD = forward_capturing(model, hookpoint, ids_1S)
+    return F.log_softmax(logits_1SV[0, :-1].float(), dim=-1), x_1SD
 
 
 @torch.no_grad()
