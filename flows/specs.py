@@ -21,6 +21,13 @@ PositiveInt = Annotated[int, Field(ge=1)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
 WandbMode = Literal["online", "offline", "disabled"]
+# Where and how a stage runs, declared once for every spec that has them (defaults at each use).
+StorageRoot = Annotated[str, Field(min_length=1, description="Storage root: a path, file:// or s3:// URL.")]
+RayAddress = Annotated[str | None, Field(description="Ray cluster address; local loopback-only Ray when empty.")]
+StorageSecret = Annotated[str | None, Field(description="Prefect Secret block with S3 credentials; else the environment.")]
+WandbModeSetting = Annotated[
+    WandbMode | None, Field(description="online / offline / disabled; offline unless WANDB_API_KEY is set.")
+]
 
 
 def check_hookpoint(name: str) -> str:
@@ -51,11 +58,11 @@ class HarvestSpec(BaseModel):
     seed: int = Field(0, description="Seed of the context shuffle.")
     text_column: str = Field("text", description="Text column / key of .jsonl, .parquet and HF sources.")
     dtype: Literal["float16", "float32"] = Field("float16", description="Stored activation dtype (Parquet has no bfloat16).")
-    root: str = Field("./artifacts", min_length=1, description="Storage root: a path, file:// or s3:// URL.")
+    root: StorageRoot = "./artifacts"
     num_actors: int = Field(1, ge=1, description="Ray actors (one GPU each where there are GPUs).")
     contexts_per_shard: int = Field(64, ge=1, description="Contexts per Parquet shard.")
     batch_contexts: int = Field(16, ge=1, description="Contexts per forward pass.")
-    ray_address: str | None = Field(None, description="Ray cluster address; local loopback-only Ray when empty.")
+    ray_address: RayAddress = None
     storage_secret: str | None = Field(
         None, description="Prefect Secret block with S3 credentials / endpoint (JSON: AWS_ACCESS_KEY_ID, ...); else the environment."
     )
@@ -122,11 +129,11 @@ class SweepSpec(BaseModel):
     # From here on: where and how the sweep runs and is logged, never what it computes, so none of
     # these enters an id (nor max_group_size / checkpoint_every: see infra.sweep.grid.NOT_IN_IDS).
     num_actors: int = Field(1, ge=1, description="Training actors (one GPU each where there are GPUs).")
-    root: str = Field("./artifacts", min_length=1, description="Storage root: a path, file:// or s3:// URL.")
-    ray_address: str | None = Field(None, description="Ray cluster address; local loopback-only Ray when empty.")
-    storage_secret: str | None = Field(None, description="Prefect Secret block with S3 credentials; else the environment.")
+    root: StorageRoot = "./artifacts"
+    ray_address: RayAddress = None
+    storage_secret: StorageSecret = None
     wandb_project: str = Field("saeflow", description="W&B project; runs are grouped by sweep id.")
-    wandb_mode: WandbMode | None = Field(None, description="online / offline / disabled; offline unless WANDB_API_KEY is set.")
+    wandb_mode: WandbModeSetting = None
 
     _hookpoint = field_validator("hookpoint")(check_hookpoint)
 
@@ -176,12 +183,12 @@ class DiffSpec(BaseModel):
     presence_fraction: float = Field(0.3, gt=0, le=1, description="A latent is present in a checkpoint when its decoder norm there is "
                                                                    ">= this fraction of its largest (first_present_source).")
     seed: int = Field(0, description="Seed of tokens, stream and initialisation.")
-    root: str = Field("./artifacts", min_length=1, description="Storage root: a path, file:// or s3:// URL.")
+    root: StorageRoot = "./artifacts"
     num_actors: int = Field(1, ge=1, description="Harvest actors per checkpoint.")
-    ray_address: str | None = Field(None, description="Ray cluster address; local loopback-only Ray when empty.")
-    storage_secret: str | None = Field(None, description="Prefect Secret block with S3 credentials; else the environment.")
+    ray_address: RayAddress = None
+    storage_secret: StorageSecret = None
     wandb_project: str = Field("saeflow", description="W&B project.")
-    wandb_mode: WandbMode | None = Field(None, description="online / offline / disabled; offline unless WANDB_API_KEY is set.")
+    wandb_mode: WandbModeSetting = None
 
     _hookpoint = field_validator("hookpoint")(check_hookpoint)
 
@@ -260,9 +267,9 @@ class FeaturesSpec(BaseModel):
     # From here on: where and how the stage runs, never what it computes (none enters the id).
     encode_batch: int = Field(4096, ge=1, description="Rows per SAE encode batch.")
     num_actors: int = Field(1, ge=1, description="Ray actors over shards and SAEs (one GPU each where there are GPUs).")
-    root: str = Field("./artifacts", min_length=1, description="Storage root: a path, file:// or s3:// URL.")
-    ray_address: str | None = Field(None, description="Ray cluster address; local loopback-only Ray when empty.")
-    storage_secret: str | None = Field(None, description="Prefect Secret block with S3 credentials; else the environment.")
+    root: StorageRoot = "./artifacts"
+    ray_address: RayAddress = None
+    storage_secret: StorageSecret = None
 
     _hookpoint = field_validator("hookpoint")(lambda cls, v: v if v is None else check_hookpoint(v))
 
@@ -296,9 +303,9 @@ class SteerSpec(BaseModel):
     contexts: int = Field(8, ge=1, description="The harvest's last N contexts score the ablations.")
     stat_rows: int = Field(4096, ge=1, description="Harvest rows the mean / resample statistics are taken over.")
     # From here on: where and how the stage runs, never what it computes (none enters the id).
-    root: str = Field("./artifacts", min_length=1, description="Storage root: a path, file:// or s3:// URL.")
-    ray_address: str | None = Field(None, description="Ray cluster address; local loopback-only Ray when empty.")
-    storage_secret: str | None = Field(None, description="Prefect Secret block with S3 credentials; else the environment.")
+    root: StorageRoot = "./artifacts"
+    ray_address: RayAddress = None
+    storage_secret: StorageSecret = None
 
     _hookpoint = field_validator("hookpoint")(lambda cls, v: v if v is None else check_hookpoint(v))
 
