@@ -9,45 +9,21 @@ after, so callers always speak in the model's own activation units.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import ClassVar, NamedTuple
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from sae_core.config import SaeConfig
+from sae_core.dictionary import Dictionary, SaeOutput
 from sae_core.geometry import geometric_median, input_scale_for, normalize_rows_, random_directions
 from sae_core.sparse_ops import Active, PreActivations, decode_active
 
 
-class SaeOutput(NamedTuple):
-    """What a forward pass returns."""
-
-    x_hat_BD: Tensor
-    """Reconstruction, in input units."""
-    acts_BF: Tensor
-    """Latent activations."""
-    loss: Tensor
-    """Total training loss (scalar): the sum of ``losses``."""
-    losses: dict[str, Tensor]
-    """Named, already weighted loss terms: mse, sparsity, aux, pre_act_std."""
-
-
-class FiringTracker:
-    """Dead-latent bookkeeping shared by SAEs and crosscoders (needs a `tokens_since_fired` buffer)."""
-
-    @torch.no_grad()
-    def _track_firing(self, acts_BF: Tensor) -> None:
-        fired_F = (acts_BF > 0).any(dim=0)
-        self.tokens_since_fired.add_(acts_BF.shape[0]).masked_fill_(fired_F, 0)
-
-    def dead_latents(self) -> Tensor:
-        """Boolean mask [d_sae] of latents silent for cfg.dead_after_tokens training tokens."""
-        return self.tokens_since_fired >= self.cfg.dead_after_tokens
-
-
-class SparseCoder(FiringTracker, nn.Module):
+class SparseCoder(Dictionary):
     """A sparse autoencoder; subclasses choose the activation function and sparsity loss."""
 
+    kind: ClassVar[str] = "sae"
     architecture: ClassVar[str]
     unit_norm_decoder: ClassVar[bool] = True
     """Decoder rows are kept at unit norm (False where norms enter the sparsity penalty)."""

@@ -5,9 +5,9 @@ W_enc[m] [D, F] whose outputs are SUMMED into one pre-activation, and each laten
 decoder vector per source, W_dec[f, m] [D]. A latent whose decoder norm vanishes on one source
 is exclusive to the other; that per-source norm ratio is what model diffing reads (diffing.py).
 
-The interface mirrors SparseCoder (encode / decode / forward -> SaeOutput, init_from_data,
-apply_constraints, dead_latents, cfg, W_dec) so SaeTrainer, fit_many and trainer_state train
-and checkpoint a crosscoder unchanged; batches are [B, M, D] instead of [B, D].
+A Crosscoder is a Dictionary (sae_core.dictionary), as an SAE is, so SaeTrainer, fit_many,
+trainer_state and infra's group loop train and checkpoint it unchanged; batches are [B, M, D]
+instead of [B, D].
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import torch
 from torch import Tensor, nn
 
 from sae_core.auxk import aux_k_loss
-from sae_core.base import FiringTracker, SaeOutput
 from sae_core.batchtopk import update_batch_threshold_
 from sae_core.crosscoder_config import CrosscoderConfig
+from sae_core.dictionary import Dictionary, SaeOutput
 from sae_core.geometry import geometric_median, input_scale_for, random_directions
 
 
@@ -44,9 +44,10 @@ def source_scale(x_ND: Tensor, cfg: CrosscoderConfig) -> float:
     return math.sqrt(x_ND.shape[1] / variance)
 
 
-class Crosscoder(FiringTracker, nn.Module):
+class Crosscoder(Dictionary):
     """Shared latent space over M sources; subclasses choose the activation and sparsity loss."""
 
+    kind: ClassVar[str] = "crosscoder"
     architecture: ClassVar[str]
     config_architecture: ClassVar[str]
     """The CrosscoderConfig.architecture this class implements."""

@@ -7,10 +7,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sae_core.config import SaeConfig, TrainConfig
-from sae_core.crosscoder import Crosscoder, build_crosscoder
-from sae_core.crosscoder_config import CrosscoderConfig
-from sae_core.registry import build_sae
+from sae_core.config import TrainConfig
+from sae_core.registry import dictionary_from_dict
 from sae_core.trainer import SaeTrainer
 
 STATE_FORMAT_VERSION = 1
@@ -33,11 +31,11 @@ def trainer_state(trainer: SaeTrainer) -> tuple[dict[str, Tensor], dict[str, Any
         optimizers_meta.append({"param_groups": groups, "scalars": scalars})
     meta = {
         "format_version": STATE_FORMAT_VERSION,
-        "model_kind": "crosscoder" if isinstance(trainer.sae, Crosscoder) else "sae",
+        "model_kind": trainer.sae.kind,
         "step": trainer.step,
         "tokens_seen": trainer.tokens_seen,
         "device_seconds": trainer.device_seconds,
-        "sae_config": trainer.sae.cfg.to_dict(),  # a CrosscoderConfig's dict when model_kind is crosscoder
+        "sae_config": trainer.sae.cfg.to_dict(),  # the config of model_kind's class (a CrosscoderConfig's for a crosscoder)
         "train_config": trainer.cfg.to_dict(),
         "optimizers": optimizers_meta,
     }
@@ -49,13 +47,7 @@ def restore_trainer(tensors: dict[str, Tensor], meta: dict[str, Any], device: to
     if meta.get("format_version") != STATE_FORMAT_VERSION:
         raise ValueError(f"training state has format_version={meta.get('format_version')!r}, expected {STATE_FORMAT_VERSION}")
     # States written before crosscoders existed carry no model_kind: they are SAEs.
-    kind = meta.get("model_kind", "sae")
-    if kind == "crosscoder":
-        sae = build_crosscoder(CrosscoderConfig.from_dict(meta["sae_config"]))
-    elif kind == "sae":
-        sae = build_sae(SaeConfig.from_dict(meta["sae_config"]))
-    else:
-        raise ValueError(f"training state has model_kind={kind!r}, expected 'sae' or 'crosscoder'")
+    sae = dictionary_from_dict(meta.get("model_kind", "sae"), meta["sae_config"])
     model_state = {name[len("sae."):]: value for name, value in tensors.items() if name.startswith("sae.")}
     missing = sorted(set(sae.state_dict()) - set(model_state))
     if missing:

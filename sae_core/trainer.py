@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from sae_core.base import SparseCoder
 from sae_core.config import TrainConfig
+from sae_core.dictionary import Dictionary
 from sae_core.geometry import remove_parallel_gradient_
 from sae_core.metrics import fraction_variance_unexplained, l0_norm
 from sae_core.optim import build_optimizers, lr_at, sparsity_scale_at
@@ -21,9 +21,9 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class SaeTrainer:
-    """Owns one SAE, its optimiser(s) and its position in the schedule."""
+    """Owns one dictionary (an SAE or a crosscoder), its optimiser(s) and its position in the schedule."""
 
-    def __init__(self, sae: SparseCoder, cfg: TrainConfig) -> None:
+    def __init__(self, sae: Dictionary, cfg: TrainConfig) -> None:
         self.sae = sae
         self.cfg = cfg
         self.optimizers = build_optimizers(sae, cfg)

@@ -1,0 +1,78 @@
+"""The one interface every sparse dictionary implements: SAEs (base.SparseCoder) and crosscoders.
+
+The trainer (trainer.py), the checkpoint format (state.py) and infra's group training loop are
+typed against Dictionary alone, so a new kind of dictionary trains, checkpoints and resumes
+through the same code once it implements these methods. Kinds differ in what a batch is
+([B, D] for an SAE, [B, M, D] for a crosscoder), never in how they are trained.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from sae_core.config import DictionaryConfig
+
+
+class SaeOutput(NamedTuple):
+    """What a forward pass returns."""
+
+    x_hat_BD: Tensor
+    """Reconstruction, in input units ([B, M, D] for a crosscoder)."""
+    acts_BF: Tensor
+    """Latent activations."""
+    loss: Tensor
+    """Total training loss (scalar): the sum of ``losses``."""
+    losses: dict[str, Tensor]
+    """Named, already weighted loss terms: mse, sparsity, aux, pre_act_std."""
+
+
+class Dictionary(nn.Module, ABC):
+    """A sparse dictionary: encode to latents, decode back, a loss to train, constraints to keep.
+
+    Subclasses register the buffers `input_scale`, `initialized` and `tokens_since_fired` [F]
+    and the parameter `W_dec` (its first dimension is the latent).
+    """
+
+    kind: ClassVar[str]
+    """Which family of dictionary (`sae`, `crosscoder`): the checkpoint records it to rebuild the right class."""
+    architecture: ClassVar[str]
+    unit_norm_decoder: ClassVar[bool]
+    """Decoder rows are kept at unit norm, so the trainer removes the gradient parallel to them."""
+    cfg: DictionaryConfig
+    W_dec: nn.Parameter
+    tokens_since_fired: Tensor
+    initialized: Tensor
+
+    @abstractmethod
+    def init_from_data(self, x: Tensor) -> None:
+        """Data-dependent initialisation (input scale, b_dec, thresholds) from the first batch."""
+
+    @abstractmethod
+    def encode(self, x: Tensor) -> Tensor:
+        """Latent activations [B, F] of inputs given in model units."""
+
+    @abstractmethod
+    def decode(self, acts_BF: Tensor) -> Tensor:
+        """Reconstruction in model units from latent activations."""
+
+    @abstractmethod
+    def forward(self, x: Tensor, sparsity_scale: float = 1.0) -> SaeOutput:
+        """Reconstruct a batch and compute the loss; sparsity_scale ramps the sparsity weight in training."""
+
+    @abstractmethod
+    def apply_constraints(self) -> None:
+        """Re-impose parameter constraints after an optimiser step."""
+
+    # -- dead-latent bookkeeping, shared by every kind -------------------------------------
+    @torch.no_grad()
+    def _track_firing(self, acts_BF: Tensor) -> None:
+        fired_F = (acts_BF > 0).any(dim=0)
+        self.tokens_since_fired.add_(acts_BF.shape[0]).masked_fill_(fired_F, 0)
+
+    def dead_latents(self) -> Tensor:
+        """Boolean mask [d_sae] of latents silent for cfg.dead_after_tokens training tokens."""
+        return self.tokens_since_fired >= self.cfg.dead_after_tokens
