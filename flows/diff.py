@@ -44,6 +44,6 @@ def diff(spec: DiffSpec) -> str:
     report = diff_report_task(plan, summary, spec.wandb_project, spec.wandb_mode)
     counts = summary["counts"]
     ev = ", ".join(f"{v:.2f}" for v in summary["explained_variance_per_source"])
-    print(f"diff {plan['diff_id']}: {counts['shared']} shared, {counts['a_only']} A-only, {counts['b_only']} B-only, "
+    print(f"diff {plan.diff_id}: {counts['shared']} shared, {counts['a_only']} A-only, {counts['b_only']} B-only, "
           f"{counts.get('spurious', 0)} spurious latents; explained variance per source {ev}; report {report}")
     return report

@@ -28,14 +28,14 @@ def sweep(spec: SweepSpec = SweepSpec()) -> str:
     values = spec.model_dump()
     values["root"] = absolute_root(spec.root)
     harvest_uri = spec.harvest or harvest(spec.harvest_spec.model_copy(update={"root": values["root"]}))
-    planned = plan_sweep_task(values, harvest_uri)
+    plan = plan_sweep_task(values, harvest_uri)
     # One task run per group: the UI shows each group's state, retries, duration and progress.
-    indices = list(range(len(planned["groups"])))
-    train_group_task.map(unmapped(planned), indices, unmapped(spec.num_actors), unmapped(spec.ray_address)).result()
-    results_uri = write_results_task(planned)
-    report_uri = report_task(planned, results_uri)
-    logged = track_task(planned, spec.wandb_project, spec.wandb_mode)
-    print(f"sweep {planned['plan']['sweep_id']}: {len(planned['plan']['points'])} SAEs, "
+    indices = list(range(len(plan.groups)))
+    train_group_task.map(unmapped(plan), indices, unmapped(spec.num_actors), unmapped(spec.ray_address)).result()
+    results_uri = write_results_task(plan)
+    report_uri = report_task(plan, results_uri)
+    logged = track_task(plan, spec.wandb_project, spec.wandb_mode)
+    print(f"sweep {plan.sweep_id}: {len(plan.points)} SAEs, "
           f"{logged} newly logged to W&B; results {results_uri}; report {report_uri}")
     return report_uri
 

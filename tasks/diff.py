@@ -10,8 +10,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import TaskRunContext
 
 from infra.activations.alignment import check_aligned
-from infra.diff.plan import check_models, plan_diff
-from infra.diff.run import SUMMARY_FILE, CrosscoderWorker, DiffPlan, diff_done, read_latents
+from infra.diff.plan import DiffPlan, check_models, plan_diff
+from infra.diff.run import SUMMARY_FILE, CrosscoderWorker, diff_done, read_latents
 from infra.storage import read_json, write_bytes_atomic
 from infra.tracking import MARKER_FILE, log_once, run_files_dir
 from tasks.retry import STORAGE_RETRY, retry_unless_bad_input
@@ -30,26 +30,26 @@ def check_alignment_task(harvests: list[str], hookpoint: str) -> dict[str, int]:
 
 
 @task(retry_condition_fn=retry_unless_bad_input)
-def plan_diff_task(spec: dict[str, Any], harvests: list[str], d_model: int) -> dict[str, Any]:
+def plan_diff_task(spec: dict[str, Any], harvests: list[str], d_model: int) -> DiffPlan:
     """Validated crosscoder + training configs and the diff's storage layout."""
-    return asdict(plan_diff(spec, harvests, d_model))
+    return plan_diff(spec, harvests, d_model)
 
 
 def diff_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
     """The diff id once its summary exists (storage decides; Prefect then skips the task)."""
-    plan = DiffPlan(**parameters["plan"])
+    plan = parameters["plan"]
     return f"diff:{plan.diff_id}" if diff_done(plan) else None
 
 
 @task(**STORAGE_RETRY, retry_condition_fn=retry_unless_bad_input, cache_key_fn=diff_cache_key, persist_result=True)
-def train_crosscoder_task(plan: dict[str, Any], ray_address: str | None = None) -> dict[str, Any]:
+def train_crosscoder_task(plan: DiffPlan, ray_address: str | None = None) -> dict[str, Any]:
     """Train (or resume) the crosscoder in a Ray actor and write the diff; returns its summary."""
     from infra.ray_pool import ensure_ray, run_pool
 
-    if diff_done(DiffPlan(**plan)):  # storage says finished: no actor, no model, no training
-        return read_json(DiffPlan(**plan).uri(SUMMARY_FILE))
+    if diff_done(plan):  # storage says finished: no actor, no model, no training
+        return read_json(plan.uri(SUMMARY_FILE))
     ensure_ray(ray_address)
-    return run_pool(CrosscoderWorker, (plan,), "run", [0], 1, name_prefix=f"diff-{plan['diff_id']}")[0]
+    return run_pool(CrosscoderWorker, (plan,), "run", [0], 1, name_prefix=f"diff-{plan.diff_id}")[0]
 
 
 def _fmt(value: float | None) -> str:
@@ -57,9 +57,8 @@ def _fmt(value: float | None) -> str:
 
 
 @task(**STORAGE_RETRY, retry_condition_fn=retry_unless_bad_input)
-def diff_report_task(plan_dict: dict[str, Any], summary: dict[str, Any], wandb_project: str, wandb_mode: str | None) -> str:
+def diff_report_task(plan: DiffPlan, summary: dict[str, Any], wandb_project: str, wandb_mode: str | None) -> str:
     """report.md + Prefect artifacts (summary, top exclusive latents) + a W&B run; returns the report URI."""
-    plan = DiffPlan(**plan_dict)
     latents = read_latents(plan)
     counts, norm = summary["counts"], summary.get("norm_counts", summary["counts"])
     ev = ", ".join(f"`{m}`: {v:.3f}" for m, v in zip(plan.models, summary["explained_variance_per_source"]))
@@ -92,6 +91,6 @@ def diff_report_task(plan_dict: dict[str, Any], summary: dict[str, Any], wandb_p
     create_markdown_artifact(markdown=markdown, key="diff-report", description=f"Diff {plan.diff_id}")
     create_table_artifact(table=exclusive.round(4).to_dict(orient="records"), key="diff-exclusive-latents")
     history = read_json(plan.uri("history.json"))
-    log_once(plan.uri(MARKER_FILE), wandb_project, f"diff-{plan.diff_id}", plan.diff_id, plan_dict, history,
+    log_once(plan.uri(MARKER_FILE), wandb_project, f"diff-{plan.diff_id}", plan.diff_id, asdict(plan), history,
              summary.get("fractions", {}), wandb_mode, run_files_dir(plan.root))
     return uri

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -24,8 +23,8 @@ from tasks.retry import STORAGE_RETRY, retry_unless_bad_input
 
 
 @task(**STORAGE_RETRY, retry_condition_fn=retry_unless_bad_input)
-def plan_sweep_task(spec: dict[str, Any], harvest: str) -> dict[str, Any]:
-    """Validate the grid against the harvest and lay out storage; returns the plan and its groups."""
+def plan_sweep_task(spec: dict[str, Any], harvest: str) -> SweepPlan:
+    """Validate the grid against the harvest, lay out storage and group the points; returns the plan."""
     axes = {key: spec[key] for key in ("architectures", "expansion_factors", "ks", "sparsity_coefficients", "lrs", "seeds")}
     axes.update({key: spec[key] for key in ARCHITECTURE_KNOBS if key in spec})
     stage = {key: spec[key] for key in ("eval_contexts", "splice_contexts", "shuffle_buffer", "stream_seed", "checkpoint_every")}
@@ -43,14 +42,13 @@ def plan_sweep_task(spec: dict[str, Any], harvest: str) -> dict[str, Any]:
             plan.sweep_id, len(plan.points), plan.total_steps * plan.batch_size, plan.train_rows, epochs,
         )
     # Grouping is outside the ids: it only decides which points share a stream (see infra.sweep.grid.NOT_IN_IDS).
-    groups = group_points(plan.points, plan.batch_size, memory_budget_bytes(), spec["max_group_size"])
-    members = plan.members()
-    finished = sum(is_finished(m) for m in members)
-    note = [f"{finished} of {len(members)} points already finished (not trained again)"] if finished else []
-    shapes = [(m.sae_config.d_in, m.sae_config.d_sae) for m in members if not is_finished(m)]
-    cost = sweep_cost(plan.root, shapes, plan.total_steps * plan.batch_size, plan.batch_size, len(groups), note)
+    plan.groups = group_points(plan.points, plan.batch_size, memory_budget_bytes(), spec["max_group_size"])
+    finished = sum(is_finished(p) for p in plan.points)
+    note = [f"{finished} of {len(plan.points)} points already finished (not trained again)"] if finished else []
+    shapes = [(p.sae_config.d_in, p.sae_config.d_sae) for p in plan.points if not is_finished(p)]
+    cost = sweep_cost(plan.root, shapes, plan.total_steps * plan.batch_size, plan.batch_size, len(plan.groups), note)
     get_run_logger().info("cost plan of sweep %s:\n%s", plan.sweep_id, "\n".join(cost.lines()))
-    return {"plan": asdict(plan), "groups": groups}
+    return plan
 
 
 def group_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
@@ -59,8 +57,8 @@ def group_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str 
     The ids hash every setting that changes a result (SweepPlan.conditions), so a finished
     group is never reused under other settings; storage, not Prefect's cache, says what is done.
     """
-    plan = SweepPlan(**parameters["planned"]["plan"])
-    sae_ids = parameters["planned"]["groups"][parameters["index"]]
+    plan: SweepPlan = parameters["plan"]
+    sae_ids = plan.groups[parameters["index"]]
     if not all(is_finished(member) for member in plan.members(sae_ids)):
         return None
     return f"sweep-group:{plan.sweep_id}:{spec_hash(sorted(sae_ids))}"
@@ -70,7 +68,7 @@ def group_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str 
     **STORAGE_RETRY, retry_condition_fn=retry_unless_bad_input, cache_key_fn=group_cache_key, persist_result=True,
     task_run_name="train-group-{index}",
 )
-def train_group_task(planned: dict[str, Any], index: int, num_actors: int, ray_address: str | None) -> list[str]:
+def train_group_task(plan: SweepPlan, index: int, num_actors: int, ray_address: str | None) -> list[str]:
     """Train one group's unfinished points on one Ray actor (mapped: one task run per group); returns their SAE URIs.
 
     Groups run side by side as far as Ray's resources allow: each actor asks for 1/num_actors of
@@ -78,21 +76,19 @@ def train_group_task(planned: dict[str, Any], index: int, num_actors: int, ray_a
     """
     from infra.ray_pool import ensure_ray
 
-    plan = SweepPlan(**planned["plan"])
-    members = plan.members(planned["groups"][index])
+    members = plan.members(plan.groups[index])
     todo = [m.sae_id for m in members if not is_finished(m)]
     if todo:
         ensure_ray(ray_address)
         label = f"group {index}"
         sink = progress_artifact(f"sweep {plan.sweep_id} {label}: tokens trained")
-        run_groups(plan, [todo], 1, labels=[label], sink=sink, cpu_share=min(num_actors, len(planned["groups"])))
+        run_groups(plan, [todo], 1, labels=[label], sink=sink, cpu_share=min(num_actors, len(plan.groups)))
     return [m.sae_uri for m in members]
 
 
 @task(**STORAGE_RETRY, retry_condition_fn=retry_unless_bad_input)
-def write_results_task(planned: dict[str, Any]) -> str:
+def write_results_task(plan: SweepPlan) -> str:
     """results.parquet (pandera-validated) for the whole grid; returns its URI."""
-    plan = SweepPlan(**planned["plan"])
     uri = write_results(plan)
     frame = read_results(uri)
     for row in frame[frame["epochs"] > 1].itertuples():
@@ -103,9 +99,8 @@ def write_results_task(planned: dict[str, Any]) -> str:
 
 
 @task(**STORAGE_RETRY, retry_condition_fn=retry_unless_bad_input)
-def report_task(planned: dict[str, Any], results_uri: str) -> str:
+def report_task(plan: SweepPlan, results_uri: str) -> str:
     """Plots + markdown report on storage and as Prefect artifacts; returns the report URI."""
-    plan = SweepPlan(**planned["plan"])
     frame = read_results(results_uri)
     folder = join(plan.root, "evals", plan.sweep_id)
     plot_uris = {}
@@ -139,17 +134,17 @@ def report_task(planned: dict[str, Any], results_uri: str) -> str:
 
 
 @task
-def track_task(planned: dict[str, Any], project: str, mode: str | None) -> int:
+def track_task(plan: SweepPlan, project: str, mode: str | None) -> int:
     """One W&B run per grid point (config, loss curves, metrics), each logged once; returns how many were logged now."""
-    plan = SweepPlan(**planned["plan"])
     directory = run_files_dir(plan.root)
     logged = 0
-    for point, member in zip(plan.points, plan.members(), strict=True):
-        if member_record(member)["status"] != "finished":
+    for point in plan.points:
+        if member_record(point)["status"] != "finished":
             continue  # a failed point has no metrics to log; results.parquet records why
-        history = read_json(join(point["sae_uri"], HISTORY_FILE))
-        metrics = read_json(join(point["sae_uri"], "metrics.json"))
-        config = {"sae": point["sae_config"], "train": point["train_config"], "conditions": plan.conditions(), "harvest": plan.harvest}
-        marker = join(point["sae_uri"], MARKER_FILE)
-        logged += log_once(marker, project, plan.sweep_id, point["sae_id"], config, history, metrics, mode, directory) is not None
+        history = read_json(join(point.sae_uri, HISTORY_FILE))
+        metrics = read_json(join(point.sae_uri, "metrics.json"))
+        config = {"sae": point.sae_config.to_dict(), "train": point.train_config.to_dict(), "conditions": plan.conditions(),
+                  "harvest": plan.harvest}
+        marker = join(point.sae_uri, MARKER_FILE)
+        logged += log_once(marker, project, plan.sweep_id, point.sae_id, config, history, metrics, mode, directory) is not None
     return logged

@@ -2,15 +2,45 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from infra.activations.alignment import AlignmentError, check_same_tokenizer
-from infra.diff.run import DiffPlan
 from infra.ids import spec_id
 from infra.lm.hookpoints import resolve_hookpoints
 from infra.lm.models import ModelRef, load_model_config, model_facts
+from infra.storage import join
 from sae_core import TrainConfig
 from sae_core.crosscoder_config import CrosscoderConfig
+
+
+@dataclass
+class DiffPlan:
+    """Everything the crosscoder actor needs; the task and the actor receive this object itself."""
+
+    diff_id: str
+    root: str
+    models: list[str]
+    harvests: list[str]
+    hookpoint: str
+    crosscoder_config: CrosscoderConfig
+    train_config: TrainConfig
+    batch_size: int
+    eval_contexts: int
+    checkpoint_every: int
+    shuffle_buffer: int
+    shared_band: tuple[float, float]
+    exclusive_margin: float
+    seed: int = 0
+    exclusive_ratio: float = 0.3
+    """Latent scaling: a norm-exclusive latent stays exclusive only if both beta ratios are below this."""
+    presence_fraction: float = 0.3
+    """A latent is present in a source when its decoder norm there is >= this fraction of its largest."""
+
+    def uri(self, *parts: str) -> str:
+        """A key under this diff's folder."""
+        return join(self.root, "diffs", self.diff_id, *parts)
 
 
 class DiffSpecError(ValueError):
@@ -37,12 +67,12 @@ def check_models(models: list[str], hookpoint: str) -> int:
     return next(iter(widths.values()))
 
 
-def plan_diff(spec: dict[str, Any], harvests: list[str], d_model: int) -> DiffPlan:
+def plan_diff(spec: Mapping[str, Any], harvests: list[str], d_model: int) -> DiffPlan:
     """Build (and so validate) the crosscoder and training configs; the id hashes everything that matters."""
     crosscoder_config = CrosscoderConfig(
         architecture=spec["architecture"], n_sources=len(spec["models"]), d_in=d_model, expansion_factor=spec["expansion_factor"],
         k=spec["k"], sparsity_coefficient=spec["sparsity_coefficient"], seed=spec["seed"],
-        source_normalization=spec.get("source_normalization", "centred_variance"),
+        source_normalization=spec["source_normalization"],
     )
     total_steps = spec["train_tokens"] // spec["batch_size"]
     if total_steps < 1:
@@ -55,12 +85,12 @@ def plan_diff(spec: dict[str, Any], harvests: list[str], d_model: int) -> DiffPl
                 "train": train_config.to_dict(), "batch": spec["batch_size"], "eval": spec["eval_contexts"],
                 "shuffle_buffer": spec["shuffle_buffer"], "stream_seed": spec["seed"],
                 "bands": [list(spec["shared_band"]), spec["exclusive_margin"]],
-                "latent_scaling": [spec.get("exclusive_ratio", 0.3), spec.get("presence_fraction", 0.3)]}
+                "latent_scaling": [spec["exclusive_ratio"], spec["presence_fraction"]]}
     slug = "-vs-".join(ModelRef.parse(m).name.rstrip("/").split("/")[-1] for m in spec["models"])[:60]
     return DiffPlan(
         diff_id=spec_id(slug, identity), root=spec["root"], models=spec["models"], harvests=harvests, hookpoint=spec["hookpoint"],
-        crosscoder_config=crosscoder_config.to_dict(), train_config=train_config.to_dict(), batch_size=spec["batch_size"],
+        crosscoder_config=crosscoder_config, train_config=train_config, batch_size=spec["batch_size"],
         eval_contexts=spec["eval_contexts"], checkpoint_every=spec["checkpoint_every"], shuffle_buffer=spec["shuffle_buffer"],
         shared_band=tuple(spec["shared_band"]), exclusive_margin=spec["exclusive_margin"], seed=spec["seed"],
-        exclusive_ratio=spec.get("exclusive_ratio", 0.3), presence_fraction=spec.get("presence_fraction", 0.3),
+        exclusive_ratio=spec["exclusive_ratio"], presence_fraction=spec["presence_fraction"],
     )

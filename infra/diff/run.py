@@ -8,7 +8,6 @@ makes the diff trusted and lets a re-run return at once).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -16,48 +15,18 @@ import torch
 
 from infra.activations.store import read_manifest
 from infra.activations.stream import StreamSpec, iter_batches, split_eval
-from infra.allocator import keep_freed_memory
 from infra.diff.crosscoder_store import save_crosscoder
+from infra.diff.plan import DiffPlan
 from infra.diff.report import first_present_histogram, latent_scaling_scatter, latents_frame, relative_norm_histogram
 from infra.parquet_io import read_parquet, write_parquet_atomic
-from infra.sae_store import load_training_state, save_training_state
-from infra.storage import exists, join, read_json, write_bytes_atomic, write_json_atomic
+from infra.storage import exists, read_json, write_bytes_atomic, write_json_atomic
 from infra.training.group import HISTORY_FILE
-from sae_core import SaeTrainer, TrainConfig, fit_many
-from sae_core.crosscoder import build_crosscoder
-from sae_core.crosscoder_config import CrosscoderConfig
+from infra.training.loop import TrainingJob, fit_jobs
+from sae_core import SaeTrainer
 from sae_core.devices import pick_device
 from sae_core.diffing import classify_with_scaling, diff_summary
 
 SUMMARY_FILE = "summary.json"
-
-
-@dataclass
-class DiffPlan:
-    """Everything the crosscoder actor needs, JSON-able."""
-
-    diff_id: str
-    root: str
-    models: list[str]
-    harvests: list[str]
-    hookpoint: str
-    crosscoder_config: dict[str, Any]
-    train_config: dict[str, Any]
-    batch_size: int
-    eval_contexts: int
-    checkpoint_every: int
-    shuffle_buffer: int
-    shared_band: tuple[float, float]
-    exclusive_margin: float
-    seed: int = 0
-    exclusive_ratio: float = 0.3
-    """Latent scaling: a norm-exclusive latent stays exclusive only if both beta ratios are below this."""
-    presence_fraction: float = 0.3
-    """A latent is present in a source when its decoder norm there is >= this fraction of its largest."""
-
-    def uri(self, *parts: str) -> str:
-        """A key under this diff's folder."""
-        return join(self.root, "diffs", self.diff_id, *parts)
 
 
 def diff_done(plan: DiffPlan) -> bool:
@@ -68,10 +37,10 @@ def diff_done(plan: DiffPlan) -> bool:
 class CrosscoderWorker:
     """A Ray actor training one diff's crosscoder with checkpoint/resume, then writing the diff."""
 
-    def __init__(self, plan: dict[str, Any], num_threads: int | None = None) -> None:
+    def __init__(self, plan: DiffPlan, num_threads: int | None = None) -> None:
         if num_threads:
             torch.set_num_threads(num_threads)
-        self.plan = DiffPlan(**plan)
+        self.plan = plan
         self.device = pick_device()
 
     def _stream(self, seq_range: tuple[int, int], training: bool) -> StreamSpec:
@@ -87,22 +56,14 @@ class CrosscoderWorker:
         plan = self.plan
         if diff_done(plan):
             return read_json(plan.uri(SUMMARY_FILE))
-        keep_freed_memory()  # training reallocates the same large tensors every step
         train_range, eval_range = split_eval(read_manifest(plan.harvests[0]), plan.eval_contexts)
-        restored = load_training_state(plan.uri("checkpoint"), device=self.device)
-        if restored is None:
-            model = build_crosscoder(CrosscoderConfig.from_dict(plan.crosscoder_config)).to(self.device)
-            trainer, history, start = SaeTrainer(model, TrainConfig.from_dict(plan.train_config)), [], 0
-        else:
-            trainer, extra = restored
-            history, start = list(extra.get("history", [])), int(extra["batches_consumed"])
-        for report in fit_many([trainer], iter_batches(self._stream(train_range, training=True), start_batch=start)):
-            consumed = start + report.step + 1
-            if consumed % 50 == 0:
-                history.append({"step": consumed, **{k: float(v) for k, v in report.metrics[0].items()}})
-            if consumed % plan.checkpoint_every == 0:
-                save_training_state(trainer, plan.uri("checkpoint"), extra={"batches_consumed": consumed, "history": history})
-        return self._write_diff(trainer, history, eval_range)
+        job = TrainingJob(plan.diff_id, plan.crosscoder_config, plan.train_config, plan.uri("checkpoint"))
+        stream_from = lambda start: iter_batches(self._stream(train_range, training=True), start_batch=start)  # noqa: E731
+        fitted = fit_jobs([job], stream_from, self.device, plan.checkpoint_every)[0]
+        if fitted.trainer.failure is not None:
+            # A diverged crosscoder's latents would be read as a diff: fail the stage instead (its checkpoint stays).
+            raise FloatingPointError(f"diff {plan.diff_id}: crosscoder training failed: {fitted.trainer.failure}")
+        return self._write_diff(fitted.trainer, fitted.history, eval_range)
 
     @torch.no_grad()
     def _write_diff(self, trainer: SaeTrainer, history: list[dict[str, float]], eval_range: tuple[int, int]) -> dict[str, Any]:

@@ -10,7 +10,7 @@ out are listed, with the reason, in NOT_IN_IDS.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from infra.cost import pack_groups, training_bytes
@@ -39,7 +39,7 @@ def architecture_knobs(architecture: str, axes: dict[str, Any], d_sae: int) -> d
 
 @dataclass
 class SweepPlan:
-    """Everything the training actors and the report need, JSON-able.
+    """Everything the training actors and the report need; tasks and actors receive this object itself.
 
     The workers read the stage settings from here, the same fields conditions() hashes into the
     ids, so an id can never describe other settings than the ones its artifacts were made with.
@@ -53,8 +53,8 @@ class SweepPlan:
     d_in: int
     batch_size: int
     total_steps: int
-    points: list[dict[str, Any]]
-    """One dict per grid point: sae_id, sae_config, train_config, sae_uri, checkpoint_uri, features_uri."""
+    points: list[GroupMember]
+    """One per grid point: its sae_id, configs and storage locations."""
     eval_contexts: int
     """Held-out contexts: moves the train/eval split, so both training data and metrics."""
     splice_contexts: int
@@ -69,6 +69,8 @@ class SweepPlan:
     """Training rows after the eval split (BOS/EOS dropped): one epoch of the looping stream."""
     splice_ci_width: float | None = None
     """Target width of ce_loss_recovered's 95% interval: splice scoring stops once reached (None scores all splice_contexts)."""
+    groups: list[list[str]] = field(default_factory=list)
+    """sae_ids of the points that share one stream, one list per group (see group_points); not in the ids."""
 
     def conditions(self) -> dict[str, Any]:
         """The settings, besides each point's own configs, that change a point's artifacts."""
@@ -79,20 +81,9 @@ class SweepPlan:
         return train_tokens / self.train_rows
 
     def members(self, sae_ids: list[str] | None = None) -> list[GroupMember]:
-        """GroupMembers of the given points (all when None)."""
+        """The given points (all when None), in grid order."""
         wanted = None if sae_ids is None else set(sae_ids)
-        return [
-            GroupMember(
-                sae_id=p["sae_id"],
-                sae_config=SaeConfig.from_dict(p["sae_config"]),
-                train_config=TrainConfig.from_dict(p["train_config"]),
-                sae_uri=p["sae_uri"],
-                checkpoint_uri=p["checkpoint_uri"],
-                features_uri=p["features_uri"],
-            )
-            for p in self.points
-            if wanted is None or p["sae_id"] in wanted
-        ]
+        return [point for point in self.points if wanted is None or point.sae_id in wanted]
 
 
 CONDITION_FIELDS = ("harvest_id", "hookpoint", "batch_size", "eval_contexts", "splice_contexts", "shuffle_buffer", "stream_seed", "splice_ci_width")
@@ -106,6 +97,7 @@ NOT_IN_IDS = {
     "points": "each point has its own id; the sweep id stays independent of the grid axes",
     "checkpoint_every": "resuming from a checkpoint is exact (tests/infra/test_training.py), so when it is taken changes nothing",
     "train_rows": "follows from the harvest and eval_contexts",
+    "groups": "which points share a stream; every group reads the same stream, so grouping changes no result (see below)",
 }
 """SweepPlan fields deliberately outside the ids, and why. Spec settings that are not plan fields
 stay out too: num_actors, ray_address, storage_secret and wandb_* only say where and how work runs
@@ -153,7 +145,7 @@ def point_label(sae_config: SaeConfig, lr: float) -> str:
     return f"{sae_config.architecture}-{sae_config.d_sae}-{knob}-lr{lr:g}-s{sae_config.seed}"
 
 
-def plan_points(sweep_id: str, root: str, conditions: dict[str, Any], grid: list[tuple[SaeConfig, TrainConfig]]) -> list[dict[str, Any]]:
+def plan_points(sweep_id: str, root: str, conditions: dict[str, Any], grid: list[tuple[SaeConfig, TrainConfig]]) -> list[GroupMember]:
     """Ids and storage locations of every point."""
     points = []
     for sae_config, train_config in grid:
@@ -161,14 +153,14 @@ def plan_points(sweep_id: str, root: str, conditions: dict[str, Any], grid: list
             point_label(sae_config, train_config.lr), {"sae": sae_config.to_dict(), "train": train_config.to_dict(), **conditions}
         )
         points.append(
-            {
-                "sae_id": sae_id,
-                "sae_config": sae_config.to_dict(),
-                "train_config": train_config.to_dict(),
-                "sae_uri": join(root, "saes", sweep_id, sae_id),
-                "checkpoint_uri": join(root, "checkpoints", sweep_id, sae_id),
-                "features_uri": join(root, "evals", sweep_id, "features", f"{sae_id}.parquet"),
-            }
+            GroupMember(
+                sae_id=sae_id,
+                sae_config=sae_config,
+                train_config=train_config,
+                sae_uri=join(root, "saes", sweep_id, sae_id),
+                checkpoint_uri=join(root, "checkpoints", sweep_id, sae_id),
+                features_uri=join(root, "evals", sweep_id, "features", f"{sae_id}.parquet"),
+            )
         )
     return points
 
@@ -185,10 +177,9 @@ def sae_training_bytes(sae_config: SaeConfig, batch_size: int) -> int:
     return training_bytes(sae_config.d_in, sae_config.d_sae, batch_size) + 4 * 4 * params
 
 
-def group_points(points: list[dict[str, Any]], batch_size: int, budget_bytes: int, max_group: int) -> list[list[str]]:
+def group_points(points: list[GroupMember], batch_size: int, budget_bytes: int, max_group: int) -> list[list[str]]:
     """Pack points (largest first) into groups that fit the memory budget; returns lists of sae_ids."""
-    configs = [(SaeConfig.from_dict(p["sae_config"]), p["sae_id"]) for p in points]
-    return pack_groups([(sae_training_bytes(c, batch_size), sae_id) for c, sae_id in configs], budget_bytes, max_group)
+    return pack_groups([(sae_training_bytes(p.sae_config, batch_size), p.sae_id) for p in points], budget_bytes, max_group)
 
 
 class SweepSpecError(ValueError):

@@ -9,7 +9,6 @@ exports them. Finished points are skipped, interrupted ones resume from their ch
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict
 from typing import Any
 
 import pandas as pd
@@ -36,11 +35,11 @@ from sae_core.devices import pick_device
 class TrainGroupWorker:
     """Trains groups of a sweep plan; loads the model once, lazily, for splice evaluation."""
 
-    def __init__(self, plan: dict[str, Any], groups: list[list[str]], num_threads: int | None = None) -> None:
+    def __init__(self, plan: SweepPlan, groups: list[list[str]], num_threads: int | None = None) -> None:
         if num_threads:
             torch.set_num_threads(num_threads)
         # Every setting comes from the plan, whose ids hash the same fields (SweepPlan.conditions).
-        self.plan = SweepPlan(**plan)
+        self.plan = plan
         self.groups = groups
         self.device = pick_device()
         self.manifest = read_manifest(self.plan.harvest)
@@ -132,7 +131,7 @@ def run_groups(
     progress = PoolProgress({i: plan.total_steps * plan.batch_size for i in items}, dict(zip(items, labels, strict=True)), "tok", sink)
     prefix = f"sweep-{plan.sweep_id}" if len(labels) > 1 else f"sweep-{plan.sweep_id}-{labels[0].replace(' ', '')}"
     run_pool(
-        TrainGroupWorker, (asdict(plan), groups), "train", items, num_actors, name_prefix=prefix, progress=progress, cpu_share=cpu_share
+        TrainGroupWorker, (plan, groups), "train", items, num_actors, name_prefix=prefix, progress=progress, cpu_share=cpu_share
     )
 
 
@@ -147,10 +146,10 @@ def results_frame(plan: SweepPlan) -> pd.DataFrame:
     epochs says how often the point saw each training row (the stream loops over the harvest).
     """
     rows = []
-    for member, point in zip(plan.members(), plan.points, strict=True):
-        record = member_record(member)
+    for point in plan.points:
+        record = member_record(point)
         record.pop("history", None)
-        config = {key: point["sae_config"][key] for key in RESULT_CONFIG_COLUMNS}
+        config = {key: getattr(point.sae_config, key) for key in RESULT_CONFIG_COLUMNS}
         uses_k = config["architecture"] in K_ARCHITECTURES
         config["k" if not uses_k else "sparsity_coefficient"] = None
         tokens = record.get("train_tokens")
@@ -158,9 +157,9 @@ def results_frame(plan: SweepPlan) -> pd.DataFrame:
             {
                 **record,
                 **config,
-                "lr": point["train_config"]["lr"],
+                "lr": point.train_config.lr,
                 "epochs": plan.epochs(tokens) if tokens is not None else None,
-                "features_uri": point["features_uri"],
+                "features_uri": point.features_uri,
             }
         )
     frame = pd.DataFrame(rows)

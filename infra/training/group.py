@@ -1,8 +1,9 @@
 """Train a group of SAEs on one shared stream, with checkpoints and storage-level idempotency.
 
-The unit of work a training actor runs: members already exported are skipped, the rest resume
-from their last group checkpoint, train together (each batch read once, fed to all), then are
-evaluated and exported in SAELens format with their metrics, loss history and per-feature table.
+The unit of work a training actor runs: members already exported are skipped, the rest go
+through the training loop (infra.training.loop: resume from checkpoints, train together, each
+batch read once and fed to all), then are evaluated and exported in SAELens format with their
+metrics, loss history and per-feature table.
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ from typing import Any
 import pyarrow as pa
 import torch
 
-from infra.allocator import keep_freed_memory
 from infra.parquet_io import write_parquet_atomic
-from infra.sae_store import CFG_FILE, load_training_state, save_sae, save_training_state
+from infra.sae_store import CFG_FILE, save_sae
 from infra.storage import exists, join, read_json, write_json_atomic
+from infra.training.loop import TrainingJob, fit_jobs
 from infra.training.schemas import validate_features
-from sae_core import SaeConfig, SaeTrainer, SparseCoder, TrainConfig, build_sae, fit_many
+from sae_core import SaeConfig, SparseCoder, TrainConfig
 from sae_core.devices import pick_device
 from sae_core.evaluate import FeatureStats, evaluate_sae
 
@@ -45,6 +46,10 @@ class GroupMember:
     """Directory of its resumable training state."""
     features_uri: str | None = None
     """Parquet file for its per-feature statistics (density, mean and max activation)."""
+
+    def job(self) -> TrainingJob:
+        """What the training loop needs of this member."""
+        return TrainingJob(self.sae_id, self.sae_config, self.train_config, self.checkpoint_uri)
 
 
 def is_finished(member: GroupMember) -> bool:
@@ -75,24 +80,6 @@ def feature_table(stats: FeatureStats) -> pa.Table:
     )
 
 
-def _restore(pending: Sequence[GroupMember], device: torch.device) -> tuple[list[SaeTrainer], list[int], list[list[dict]]]:
-    """(trainers, stream position of each, histories): a member without a checkpoint starts at batch 0."""
-    trainers, positions, histories = [], [], []
-    for member in pending:
-        restored = load_training_state(member.checkpoint_uri, device=device)
-        if restored is None:
-            trainers.append(SaeTrainer(build_sae(member.sae_config).to(device), member.train_config))
-            positions.append(0)
-            histories.append([])
-            continue
-        trainer, extra = restored
-        log.info("%s: resuming from step %d", member.sae_id, trainer.step)
-        trainers.append(trainer)
-        positions.append(int(extra["batches_consumed"]))
-        histories.append(list(extra.get("history", [])))
-    return trainers, positions, histories
-
-
 def train_group(
     members: Sequence[GroupMember],
     stream_from: Callable[[int], Iterable[torch.Tensor]],
@@ -112,29 +99,12 @@ def train_group(
     step (progress reports); metrics hold tensors, so converting them is the caller's cost.
     """
     device = device or pick_device()
-    keep_freed_memory()  # training reallocates the same large tensors every step
     pending = [m for m in members if not is_finished(m)]
-    trainers, positions, histories = _restore(pending, device)
     started = time.perf_counter()
-    # Members at one stream position train together. Members at different positions (a point that
-    # joined a group of checkpointed ones, e.g. after the grid or the grouping changed) train in
-    # turn, each from its own position: every member sees the batches a fresh run would, so
-    # grouping never changes a result.
-    for start_batch in sorted(set(positions)):
-        cohort = [i for i, position in enumerate(positions) if position == start_batch]
-        for report in fit_many([trainers[i] for i in cohort], stream_from(start_batch)):
-            consumed = start_batch + report.step + 1
-            if on_step is not None:
-                on_step(consumed, report.metrics)
-            if consumed % log_every == 0:
-                for i, metrics in zip(cohort, report.metrics):
-                    if metrics is not None:
-                        histories[i].append({"step": consumed, **{k: float(v) for k, v in metrics.items()}})
-            if consumed % checkpoint_every == 0:
-                for i in cohort:
-                    save_training_state(trainers[i], pending[i].checkpoint_uri, extra={"batches_consumed": consumed, "history": histories[i]})
+    fitted = fit_jobs([m.job() for m in pending], stream_from, device, checkpoint_every, log_every, on_step)
     wall_seconds = time.perf_counter() - started
-    for member, trainer, history in zip(pending, trainers, histories):
+    for member, fit in zip(pending, fitted, strict=True):
+        trainer, history = fit.trainer, fit.history
         if trainer.failure is not None:
             # Never exported: a diverged SAE's weights must not be mistaken for a result.
             log.warning("%s failed: %s", member.sae_id, trainer.failure)

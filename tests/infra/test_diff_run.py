@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 
 import pytest
 import torch
 
 import infra.diff.run
+import infra.training.loop
 from infra.diff.crosscoder_store import load_crosscoder
-from infra.diff.plan import plan_diff
+from infra.diff.plan import DiffPlan, plan_diff
 from infra.diff.run import CrosscoderWorker
 from tests.infra.fake_harvest import D_MODEL, HOOKPOINTS, write_fake_harvest
 
@@ -19,21 +19,22 @@ class Crash(RuntimeError):
     pass
 
 
-def make_plan(root: str, harvests: list[str], **overrides) -> dict:
+def make_plan(root: str, harvests: list[str], **overrides) -> DiffPlan:
     spec = {
         "models": ["model-a", "model-b"], "architecture": "relu", "expansion_factor": 2.0, "k": 4, "sparsity_coefficient": 0.1,
         "seed": 0, "train_tokens": 4 * 20, "batch_size": 4, "lr": 1e-2, "warmup_steps": 2, "eval_contexts": 2,
         "shared_band": (0.3, 0.7), "exclusive_margin": 0.1, "root": root, "hookpoint": HOOKPOINTS[0], "checkpoint_every": 5,
-        "shuffle_buffer": 8, **overrides,
+        "shuffle_buffer": 8, "source_normalization": "centred_variance", "exclusive_ratio": 0.3, "presence_fraction": 0.3,
+        **overrides,
     }
-    return asdict(plan_diff(spec, harvests, D_MODEL))
+    return plan_diff(spec, harvests, D_MODEL)
 
 
 def test_crash_then_resume_equals_uninterrupted(tmp_path, monkeypatch):
     harvests = [write_fake_harvest(str(tmp_path / name))[0] for name in ("a", "b")]
     straight = CrosscoderWorker(make_plan(str(tmp_path / "straight"), harvests)).run()
 
-    real_fit_many = infra.diff.run.fit_many
+    real_fit_many = infra.training.loop.fit_many
     real_iter = infra.diff.run.iter_batches
 
     def crashing_fit_many(trainers, batches):
@@ -43,12 +44,12 @@ def test_crash_then_resume_equals_uninterrupted(tmp_path, monkeypatch):
             yield report
 
     plan = make_plan(str(tmp_path / "resumed"), harvests)
-    monkeypatch.setattr(infra.diff.run, "fit_many", crashing_fit_many)
+    monkeypatch.setattr(infra.training.loop, "fit_many", crashing_fit_many)
     with pytest.raises(Crash):
         CrosscoderWorker(plan).run()
-    checkpoint = tmp_path / "resumed" / "diffs" / plan["diff_id"] / "checkpoint" / "state.json"
+    checkpoint = tmp_path / "resumed" / "diffs" / plan.diff_id / "checkpoint" / "state.json"
     assert json.loads(checkpoint.read_text())["extra"]["batches_consumed"] == 10
-    monkeypatch.setattr(infra.diff.run, "fit_many", real_fit_many)
+    monkeypatch.setattr(infra.training.loop, "fit_many", real_fit_many)
     started_at = []
     monkeypatch.setattr(infra.diff.run, "iter_batches", lambda spec, start_batch=0: started_at.append(start_batch) or real_iter(spec, start_batch))
     resumed = CrosscoderWorker(plan).run()
@@ -69,10 +70,10 @@ def test_crash_then_resume_equals_uninterrupted(tmp_path, monkeypatch):
 )
 def test_every_setting_that_changes_the_diff_changes_its_id(tmp_path, change):
     base = make_plan(str(tmp_path), ["h-a", "h-b"])
-    assert make_plan(str(tmp_path), ["h-a", "h-b"])["diff_id"] == base["diff_id"]
-    assert make_plan(str(tmp_path), ["h-a", "h-b"], **change)["diff_id"] != base["diff_id"]
+    assert make_plan(str(tmp_path), ["h-a", "h-b"]).diff_id == base.diff_id
+    assert make_plan(str(tmp_path), ["h-a", "h-b"], **change).diff_id != base.diff_id
 
 
 def test_checkpoint_interval_and_root_keep_the_diff_id(tmp_path):
     base = make_plan(str(tmp_path / "a"), ["h-a", "h-b"])
-    assert make_plan(str(tmp_path / "b"), ["h-a", "h-b"], checkpoint_every=50)["diff_id"] == base["diff_id"]
+    assert make_plan(str(tmp_path / "b"), ["h-a", "h-b"], checkpoint_every=50).diff_id == base.diff_id

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, fields
+from dataclasses import fields
 
 import pytest
 
@@ -47,7 +47,7 @@ def plan_with(harvest: str, root: str, axes=SMALL_AXES, **overrides) -> SweepPla
 
 
 def ids(plan: SweepPlan) -> tuple[str, set[str]]:
-    return plan.sweep_id, {p["sae_id"] for p in plan.points}
+    return plan.sweep_id, {p.sae_id for p in plan.points}
 
 
 def test_the_same_spec_gives_the_same_ids(harvest, tmp_path):
@@ -98,9 +98,9 @@ def test_cache_key_follows_the_ids(harvest, tmp_path, monkeypatch):
     monkeypatch.setattr(tasks.sweep, "is_finished", lambda member: True)
 
     def key(**change):
-        plan = asdict(plan_with(harvest, str(tmp_path), **change))
-        planned = {"plan": plan, "groups": [[p["sae_id"] for p in plan["points"]]]}
-        return tasks.sweep.group_cache_key(None, {"planned": planned, "index": 0})
+        plan = plan_with(harvest, str(tmp_path), **change)
+        plan.groups = [[p.sae_id for p in plan.points]]
+        return tasks.sweep.group_cache_key(None, {"plan": plan, "index": 0})
 
     assert key() == key() == key(checkpoint_every=50)
     assert len({key(), key(shuffle_buffer=16), key(stream_seed=1), key(eval_contexts=3), key(splice_contexts=2)}) == 5
@@ -126,7 +126,7 @@ def test_architecture_knobs_reach_only_their_architectures_configs():
 def test_deep_and_matryoshka_knobs_change_their_points_ids(harvest, tmp_path):
     axes = {**SMALL_AXES, "architectures": ["topk", "matryoshka_batchtopk", "deep_topk"], "ks": [2]}
     def by_arch(plan):
-        return {p["sae_config"]["architecture"]: p["sae_id"] for p in plan.points}
+        return {p.sae_config.architecture: p.sae_id for p in plan.points}
     base = by_arch(plan_with(harvest, str(tmp_path), axes={**axes, "matryoshka_prefix_fractions": [0.25], "deep_width": 8}))
     changed = by_arch(plan_with(harvest, str(tmp_path), axes={**axes, "matryoshka_prefix_fractions": [0.5], "deep_width": 16}))
     assert base["topk"] == changed["topk"]
