@@ -28,6 +28,6 @@ def steer(spec: SteerSpec) -> str:
     for pair in steer_pairs_task(plan):
         print(f"{pair['prompt']!r} [{pair['condition']}: {pair['description']}] KL(next)={pair['kl_next']:.3g}\n"
               f"  baseline: {pair['baseline_text']!r}\n  steered:  {pair['steered_text']!r}")
-    print(f"steer {plan['steer_id']}: {len(plan['prompts'])} prompts at {plan['hookpoint']} "
+    print(f"steer {plan.steer_id}: {len(plan.prompts)} prompts at {plan.hookpoint} "
           f"({'cached' if result['cached'] else 'computed'}) -> report {report}")
     return report

@@ -15,33 +15,33 @@ from tasks.retry import STORAGE_RETRY, retry_unless_bad_input
 
 
 @task(**STORAGE_RETRY, retry_condition_fn=retry_unless_bad_input)
-def plan_steer_task(spec: dict[str, Any]) -> dict[str, Any]:
+def plan_steer_task(spec: dict[str, Any]) -> SteerPlan:
     """Check the model, SAE, latents and harvest against each other and fix the steer id; returns the plan."""
     plan = plan_steer(spec["model"], spec["prompts"], spec["root"], hookpoint=spec["hookpoint"], sae=spec["sae"], harvest=spec["harvest"],
                       settings=SteerSettings(**spec["settings"]))
-    return plan.to_dict()
+    return plan
 
 
 def steer_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
     """The steer id, but only once its manifest exists (storage stays the source of truth)."""
     plan = parameters["plan"]
-    return f"steer:{plan['steer_id']}" if exists(join(plan["steer"], MANIFEST_FILE)) else None
+    return f"steer:{plan.steer_id}" if exists(join(plan.steer, MANIFEST_FILE)) else None
 
 
 @task(**STORAGE_RETRY, retry_condition_fn=retry_unless_bad_input, cache_key_fn=steer_cache_key, persist_result=True)
-def run_steer_task(plan: dict[str, Any], ray_address: str | None = None) -> dict[str, Any]:
+def run_steer_task(plan: SteerPlan, ray_address: str | None = None) -> dict[str, Any]:
     """Generate baseline vs steered, compute the CAA vector and the ablations on a Ray actor, then commit the stage."""
     from infra.ray_pool import ensure_ray
 
-    if not exists(join(plan["steer"], MANIFEST_FILE)):
+    if not exists(join(plan.steer, MANIFEST_FILE)):
         ensure_ray(ray_address)
-    return run_steer(SteerPlan.from_dict(plan))
+    return run_steer(plan)
 
 
 @task
-def publish_steer_task(plan: dict[str, Any], result: dict[str, Any]) -> str:
+def publish_steer_task(plan: SteerPlan, result: dict[str, Any]) -> str:
     """The report as a Prefect markdown artifact; returns the report's URI."""
-    create_markdown_artifact(markdown=read_bytes(result["report"]).decode(), key="steer", description=f"Steering {plan['steer_id']}")
+    create_markdown_artifact(markdown=read_bytes(result["report"]).decode(), key="steer", description=f"Steering {plan.steer_id}")
     return result["report"]
 
 
@@ -54,11 +54,11 @@ def pick_feature_task(features: str, sae_index: int = 0) -> dict[str, Any]:
 
 
 @task
-def steer_pairs_task(plan: dict[str, Any]) -> list[dict[str, Any]]:
+def steer_pairs_task(plan: SteerPlan) -> list[dict[str, Any]]:
     """Small records of the generations table (prompt, condition, baseline, steered, KL) for printing."""
     from infra.parquet_io import read_parquet
 
-    uri = join(plan["steer"], "generations.parquet")
+    uri = join(plan.steer, "generations.parquet")
     if not exists(uri):
         return []
     frame = read_parquet(uri).to_pandas()

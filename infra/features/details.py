@@ -90,11 +90,11 @@ def ablation_latents(stats: pd.DataFrame, count: int) -> list[int]:
 class DetailWriter:
     """Holds the model and the harvest's tokens; writes one SAE's tables per call."""
 
-    def __init__(self, plan: FeaturesPlan | dict[str, Any], device: str | None = None, num_threads: int | None = None,
+    def __init__(self, plan: FeaturesPlan, device: str | None = None, num_threads: int | None = None,
                  model: torch.nn.Module | None = None) -> None:
         from infra.lm.models import load_model
 
-        self.plan = plan if isinstance(plan, FeaturesPlan) else FeaturesPlan.from_dict(plan)
+        self.plan = plan
         if num_threads:
             torch.set_num_threads(num_threads)
         self.model = model if model is not None else load_model(self.plan.model, device=device)[0]

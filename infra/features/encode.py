@@ -63,8 +63,8 @@ def encode_sparse(sae: SparseCoder, acts_ND: np.ndarray, batch: int, device: tor
 class ShardEncoder:
     """Holds a plan's SAEs and encodes harvest shards into sparse latent files."""
 
-    def __init__(self, plan: FeaturesPlan | dict[str, Any], device: str | None = None, num_threads: int | None = None) -> None:
-        self.plan = plan if isinstance(plan, FeaturesPlan) else FeaturesPlan.from_dict(plan)
+    def __init__(self, plan: FeaturesPlan, device: str | None = None, num_threads: int | None = None) -> None:
+        self.plan = plan
         if num_threads:
             torch.set_num_threads(num_threads)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

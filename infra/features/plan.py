@@ -68,16 +68,8 @@ class FeaturesPlan:
     settings: FeatureSettings = field(default_factory=FeatureSettings)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able dict (FeaturesPlan.from_dict inverts it)."""
+        """JSON-able dict (for the stage manifest)."""
         return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> FeaturesPlan:
-        """Inverse of to_dict."""
-        values = dict(data)
-        values["settings"] = FeatureSettings(**values["settings"])
-        values["seq_range"] = tuple(values["seq_range"])
-        return cls(**values)
 
 
 def sae_dirs(uri: str) -> list[str]:

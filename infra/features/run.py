@@ -41,9 +41,9 @@ def run_features(plan: FeaturesPlan, num_actors: int = 1, in_process: bool = Fal
         from infra.ray_pool import run_pool
 
         if shards:
-            run_pool(ShardEncoder, (plan.to_dict(),), "encode", shards, num_actors, f"features-encode-{plan.features_id}")
+            run_pool(ShardEncoder, (plan,), "encode", shards, num_actors, f"features-encode-{plan.features_id}")
         if saes:
-            run_pool(DetailWriter, (plan.to_dict(),), "describe", saes, num_actors, f"features-describe-{plan.features_id}")
+            run_pool(DetailWriter, (plan,), "describe", saes, num_actors, f"features-describe-{plan.features_id}")
     return commit_features(plan, started)
 
 

@@ -57,7 +57,7 @@ class SteerSettings:
 
 @dataclass
 class SteerPlan:
-    """Everything the stage's worker needs, JSON-able."""
+    """Everything the stage's worker needs; tasks and the Ray actor receive this object itself."""
 
     steer_id: str
     steer: str
@@ -74,13 +74,9 @@ class SteerPlan:
     settings: SteerSettings = field(default_factory=SteerSettings)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able dict (SteerPlan.from_dict inverts it)."""
+        """JSON-able dict (for the stage manifest)."""
         return asdict(self)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SteerPlan:
-        """Inverse of to_dict."""
-        return cls(**{**data, "settings": SteerSettings(**data["settings"])})
 
     @property
     def conditions(self) -> list[str]:

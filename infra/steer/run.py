@@ -33,11 +33,11 @@ TABLES = {"generations": "generations.parquet", "caa_vector": "caa.safetensors",
 class Steerer:
     """Holds a plan's model, tokenizer and SAE; `steer(0)` writes every table of the stage that is missing."""
 
-    def __init__(self, plan: SteerPlan | dict[str, Any], device: str | None = None, num_threads: int | None = None) -> None:
+    def __init__(self, plan: SteerPlan, device: str | None = None, num_threads: int | None = None) -> None:
         from infra.lm.models import load_model
         from infra.sae_store import load_sae
 
-        self.plan = plan if isinstance(plan, SteerPlan) else SteerPlan.from_dict(plan)
+        self.plan = plan
         if num_threads:
             torch.set_num_threads(num_threads)
         self.model, self.tokenizer = load_model(self.plan.model, device=device)
@@ -150,7 +150,7 @@ def run_steer(plan: SteerPlan, in_process: bool = False, device: str | None = No
     else:
         from infra.ray_pool import run_pool
 
-        record = run_pool(Steerer, (plan.to_dict(),), "steer", [0], 1, f"steer-{plan.steer_id}")[0]
+        record = run_pool(Steerer, (plan,), "steer", [0], 1, f"steer-{plan.steer_id}")[0]
     return commit_steer(plan, record, started)
 
 
