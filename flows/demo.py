@@ -15,6 +15,7 @@ from prefect import flow
 from flows.diff import DiffSpec, diff
 from flows.features import FeaturesSpec, features
 from flows.harvest import HarvestSpec, harvest
+from flows.results import DemoResult
 from flows.specs import DemoSpec  # re-exported: the flow's parameter type
 from flows.steer import SteerSpec, steer
 from flows.sweep import SweepSpec, sweep
@@ -24,29 +25,27 @@ from tasks.steer import pick_feature_task
 
 
 @flow(name="saeflow-demo", log_prints=True)
-def demo(spec: DemoSpec = DemoSpec()) -> str:
-    """Harvest -> sweep -> features -> diff, all offline; returns the demo summary's URI."""
+def demo(spec: DemoSpec = DemoSpec()) -> DemoResult:
+    """Harvest -> sweep -> features -> steer -> diff, all offline; returns the summary and each stage's main output."""
     root = absolute_root(spec.root)
-    harvest_uri = harvest(HarvestSpec(hookpoints=spec.hookpoints, num_tokens=spec.harvest_tokens, root=root))
-    sweep_report = sweep(
+    harvest_uri = harvest(HarvestSpec(hookpoints=spec.hookpoints, num_tokens=spec.harvest_tokens, root=root)).harvest
+    swept = sweep(
         SweepSpec(
             name="demo", harvest=harvest_uri, hookpoint=spec.hookpoints[0], architectures=["topk", "relu"],
             expansion_factors=[4.0], ks=[32], sparsity_coefficients=[3.0], lrs=[1e-3], train_tokens=spec.sweep_tokens,
             batch_size=1024, warmup_steps=20, eval_contexts=16, splice_contexts=8, checkpoint_every=50, root=root,
         )
     )
-    # The sweep's SAEs live in {root}/saes/{sweep_id}; its report in {root}/evals/{sweep_id}/report.md.
-    sweep_id = sweep_report.rstrip("/").split("/")[-2]
-    browser = features(FeaturesSpec(saes=f"{root}/saes/{sweep_id}", harvest=harvest_uri, contexts=16, root=root))
+    described = features(FeaturesSpec(saes=swept.saes, harvest=harvest_uri, contexts=16, root=root))
     # One feature the features stage found, added (4 x the typical norm) and clamped (2 x its max activation).
-    feature = pick_feature_task(browser.rsplit("/", 1)[0])
-    steer_report = steer(SteerSpec(
+    feature = pick_feature_task(described.folder)
+    steered = steer(SteerSpec(
         sae=feature["sae"], harvest=harvest_uri, prompts=["The weather today is", "In Python, a list"], latents=[feature["latent"]],
         scales=[4.0], clamp_latents=[feature["latent"]], clamp_values=[2 * feature["max_activation"]], max_new_tokens=16,
         ablation_latents=[feature["latent"]], contexts=4, root=root,
     ))
     checkpoints = make_checkpoint_pair_task(root, "smollm2-135m", early_step=20, late_step=120)
-    diff_report = diff(
+    diffed = diff(
         DiffSpec(
             models=checkpoints, hookpoint="blocks.1.hook_resid_post", num_tokens=spec.diff_tokens, context_length=64,
             # BatchTopK (the default) on centred-variance-scaled sources: the step-20 checkpoint keeps ~99% of its
@@ -55,13 +54,13 @@ def demo(spec: DemoSpec = DemoSpec()) -> str:
             eval_contexts=16, checkpoint_every=100, root=root,
         )
     )
-    stages = {"activations (query with Arrow)": harvest_uri, "sweep report": sweep_report, "feature browser": browser,
-              "steering report": steer_report, "diff report": diff_report}
+    stages = {"activations (query with Arrow)": harvest_uri, "sweep report": swept.report, "feature browser": described.browser,
+              "steering report": steered.report, "diff report": diffed.report}
     summary = demo_summary_task(root, stages)
     for stage, uri in stages.items():
         print(f"{stage}: {uri}")
     print(f"demo summary: {summary}")
-    return summary
+    return DemoResult(summary=summary, stages=stages)
 
 
 if __name__ == "__main__":

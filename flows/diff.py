@@ -12,6 +12,7 @@ from prefect import flow
 
 from flows.harvest import HarvestSpec, harvest
 from flows.preflight import PreflightError, preflight_in_flow
+from flows.results import DiffResult
 from flows.specs import DiffSpec  # the spec is Prefect-free (the CLI imports it alone); re-exported here
 from infra.diff.plan import DiffSpecError
 from infra.storage import absolute_root
@@ -24,7 +25,7 @@ class DiffPreflightError(PreflightError, DiffSpecError):
 
 
 @flow(name="diff", log_prints=True)
-def diff(spec: DiffSpec) -> str:
+def diff(spec: DiffSpec) -> DiffResult:
     """Check models -> harvest each on identical tokens -> check alignment -> crosscoder -> report."""
     apply_storage_secret(spec.storage_secret)
     preflight_in_flow(spec, DiffPreflightError)  # UI-triggered runs fail in milliseconds too, before any harvest or training
@@ -35,7 +36,7 @@ def diff(spec: DiffSpec) -> str:
         harvest(HarvestSpec(model=model, tokenizer=spec.models[0], hookpoints=[spec.hookpoint], source=spec.source,
                             context_length=spec.context_length, num_tokens=spec.num_tokens, seed=spec.seed,
                             text_column=spec.text_column, dtype=spec.dtype, root=values["root"], num_actors=spec.num_actors,
-                            ray_address=spec.ray_address))
+                            ray_address=spec.ray_address)).harvest
         for model in spec.models
     ]
     check_alignment_task(harvests, spec.hookpoint)
@@ -46,4 +47,4 @@ def diff(spec: DiffSpec) -> str:
     ev = ", ".join(f"{v:.2f}" for v in summary["explained_variance_per_source"])
     print(f"diff {plan.diff_id}: {counts['shared']} shared, {counts['a_only']} A-only, {counts['b_only']} B-only, "
           f"{counts.get('spurious', 0)} spurious latents; explained variance per source {ev}; report {report}")
-    return report
+    return DiffResult(diff_id=plan.diff_id, report=report, latents=plan.uri("latents.parquet"))

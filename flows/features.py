@@ -8,6 +8,7 @@ from __future__ import annotations
 from prefect import flow
 
 from flows.preflight import preflight
+from flows.results import FeaturesResult
 from flows.specs import FeaturesSpec  # the spec is Prefect-free (the CLI imports it alone); re-exported here
 from infra.storage import absolute_root
 from tasks.credentials import apply_storage_secret
@@ -15,8 +16,8 @@ from tasks.features import plan_features_task, publish_features_task, run_featur
 
 
 @flow(name="features", log_prints=True)
-def features(spec: FeaturesSpec) -> str:
-    """Plan (every SAE checked against the harvest) -> encode + describe on Ray -> browser; returns its URI."""
+def features(spec: FeaturesSpec) -> FeaturesResult:
+    """Plan (every SAE checked against the harvest) -> encode + describe on Ray -> browser."""
     apply_storage_secret(spec.storage_secret)
     preflight(spec)  # UI-triggered runs fail in milliseconds too, before any SAE or model loads
     values = spec.model_dump()
@@ -26,4 +27,4 @@ def features(spec: FeaturesSpec) -> str:
     browser = publish_features_task(plan, result)
     print(f"features {plan.features_id}: {len(plan.saes)} SAEs on {plan.seq_range[1] - plan.seq_range[0]} contexts "
           f"({'cached' if result['cached'] else 'computed'}) -> browser {browser}")
-    return browser
+    return FeaturesResult(features_id=plan.features_id, folder=plan.features, browser=browser, manifest=result["manifest"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 from prefect import flow
 
 from flows.preflight import preflight
+from flows.results import HarvestResult
 from flows.specs import HarvestSpec  # the spec is Prefect-free (the CLI imports it alone); re-exported here
 from infra.storage import absolute_root
 from tasks.credentials import apply_storage_secret
@@ -15,8 +16,8 @@ from tasks.harvest import harvest_task, plan_harvest_task, validate_harvest_task
 
 
 @flow(name="harvest", log_prints=True)
-def harvest(spec: HarvestSpec = HarvestSpec()) -> str:
-    """Plan (validate + tokens) -> harvest on Ray -> validate; returns the harvest folder URI."""
+def harvest(spec: HarvestSpec = HarvestSpec()) -> HarvestResult:
+    """Plan (validate + tokens) -> harvest on Ray -> validate; returns the harvest."""
     apply_storage_secret(spec.storage_secret)
     preflight(spec)  # UI-triggered runs fail in milliseconds too, not after the model loads
     values = spec.model_dump()
@@ -27,7 +28,7 @@ def harvest(spec: HarvestSpec = HarvestSpec()) -> str:
     checked = validate_harvest_task(job.harvest)
     print(f"harvest {job.harvest_id}: {checked['rows']} rows x {len(checked['hookpoints'])} hookpoints, "
           f"{checked['shards']} shards ({'cached' if summary['cached'] else 'harvested'}) -> {job.harvest}")
-    return job.harvest
+    return HarvestResult(harvest_id=job.harvest_id, harvest=job.harvest)
 
 
 if __name__ == "__main__":

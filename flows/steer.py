@@ -9,15 +9,16 @@ from __future__ import annotations
 from prefect import flow
 
 from flows.preflight import preflight
+from flows.results import SteerResult
 from flows.specs import SteerSpec  # the spec is Prefect-free (the CLI imports it alone); re-exported here
-from infra.storage import absolute_root
+from infra.storage import absolute_root, join
 from tasks.credentials import apply_storage_secret
 from tasks.steer import plan_steer_task, publish_steer_task, run_steer_task, steer_pairs_task
 
 
 @flow(name="steer", log_prints=True)
-def steer(spec: SteerSpec) -> str:
-    """Plan (SAE, latents, harvest checked) -> generate + ablate on a Ray actor -> report; returns the report's URI."""
+def steer(spec: SteerSpec) -> SteerResult:
+    """Plan (SAE, latents, harvest checked) -> generate + ablate on a Ray actor -> report."""
     apply_storage_secret(spec.storage_secret)
     preflight(spec)  # UI-triggered runs fail in milliseconds too, before the model loads
     local = {key: absolute_root(getattr(spec, key)) if getattr(spec, key) else None for key in ("sae", "harvest")}
@@ -30,4 +31,4 @@ def steer(spec: SteerSpec) -> str:
               f"  baseline: {pair['baseline_text']!r}\n  steered:  {pair['steered_text']!r}")
     print(f"steer {plan.steer_id}: {len(plan.prompts)} prompts at {plan.hookpoint} "
           f"({'cached' if result['cached'] else 'computed'}) -> report {report}")
-    return report
+    return SteerResult(steer_id=plan.steer_id, report=report, generations=join(plan.steer, "generations.parquet"))

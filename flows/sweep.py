@@ -9,6 +9,7 @@ from prefect import flow, unmapped
 
 from flows.harvest import harvest
 from flows.preflight import PreflightError, preflight_in_flow
+from flows.results import SweepResult
 from flows.specs import SweepSpec  # the spec is Prefect-free (the CLI imports it alone); re-exported here
 from infra.storage import absolute_root
 from infra.sweep.grid import SweepSpecError
@@ -21,13 +22,13 @@ class SweepPreflightError(PreflightError, SweepSpecError):
 
 
 @flow(name="sweep", log_prints=True)
-def sweep(spec: SweepSpec = SweepSpec()) -> str:
+def sweep(spec: SweepSpec = SweepSpec()) -> SweepResult:
     """Harvest (cached) -> plan grid -> train each group on Ray (mapped) -> results table -> report -> W&B."""
     apply_storage_secret(spec.storage_secret)
     preflight_in_flow(spec, SweepPreflightError)  # UI-triggered runs fail in milliseconds too, before any harvest or training
     values = spec.model_dump()
     values["root"] = absolute_root(spec.root)
-    harvest_uri = spec.harvest or harvest(spec.harvest_spec.model_copy(update={"root": values["root"]}))
+    harvest_uri = spec.harvest or harvest(spec.harvest_spec.model_copy(update={"root": values["root"]})).harvest
     plan = plan_sweep_task(values, harvest_uri)
     # One task run per group: the UI shows each group's state, retries, duration and progress.
     indices = list(range(len(plan.groups)))
@@ -37,7 +38,7 @@ def sweep(spec: SweepSpec = SweepSpec()) -> str:
     logged = track_task(plan, spec.wandb_project, spec.wandb_mode)
     print(f"sweep {plan.sweep_id}: {len(plan.points)} SAEs, "
           f"{logged} newly logged to W&B; results {results_uri}; report {report_uri}")
-    return report_uri
+    return SweepResult(sweep_id=plan.sweep_id, report=report_uri, results=results_uri, saes=plan.saes_folder)
 
 
 if __name__ == "__main__":

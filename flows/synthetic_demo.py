@@ -7,14 +7,15 @@ from __future__ import annotations
 
 from prefect import flow
 
+from flows.results import SyntheticDemoResult
 from flows.specs import SyntheticDemoSpec  # re-exported: the flow's parameter type
 from infra.storage import absolute_root
 from tasks.synthetic import train_synthetic_grid, write_demo_report
 
 
 @flow(name="synthetic-demo", log_prints=True)
-def synthetic_demo(spec: SyntheticDemoSpec = SyntheticDemoSpec()) -> str:
-    """Train the grid, then write the results table and report; returns the report's URI."""
+def synthetic_demo(spec: SyntheticDemoSpec = SyntheticDemoSpec()) -> SyntheticDemoResult:
+    """Train the grid, then write the results table and report."""
     values = spec.model_dump()
     values["root"] = absolute_root(values["root"])
     records = train_synthetic_grid(values)
@@ -25,7 +26,7 @@ def synthetic_demo(spec: SyntheticDemoSpec = SyntheticDemoSpec()) -> str:
             f"  recovery {record['recovery']:.3f}"
         )
     print(f"report: {report_uri}")
-    return report_uri
+    return SyntheticDemoResult(report=report_uri)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import yaml
 from pydantic import BaseModel
@@ -47,24 +48,15 @@ FLOW_FUNCTIONS = {
 }
 
 
-def flow_function(command: str) -> Callable[[BaseModel], str]:
+def flow_function(command: str) -> Callable[[BaseModel], Any]:
     """The @flow function a command runs."""
     module, name = FLOW_FUNCTIONS[command]
     return getattr(importlib.import_module(module), name)
 
 
-def outputs_of(command: str, uri: str) -> list[tuple[str, str]]:
-    """(label, uri) pairs to print for a flow's result, the main one first."""
-    folder = uri.rsplit("/", 1)[0]
-    extra = {"sweep": ("results", f"{folder}/results.parquet"), "diff": ("latents", f"{folder}/latents.parquet"),
-             "features": ("manifest", f"{folder}/_manifest.json"), "steer": ("generations", f"{folder}/generations.parquet")}
-    label = {"demo": "demo summary", "harvest": "harvest", "features": "browser"}.get(command, "report")
-    return [(label, uri)] + ([extra[command]] if command in extra else [])
-
-
 def run_flow(command: str, spec: BaseModel) -> list[tuple[str, str]]:
-    """Run the flow now; returns (label, uri) pairs to print, the main result first."""
-    return outputs_of(command, flow_function(command)(spec))
+    """Run the flow now; returns (label, uri) pairs to print, the main result first (flows.results)."""
+    return flow_function(command)(spec).outputs()
 
 
 def one_line(error: BaseException) -> str:

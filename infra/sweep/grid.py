@@ -72,6 +72,11 @@ class SweepPlan:
     groups: list[list[str]] = field(default_factory=list)
     """sae_ids of the points that share one stream, one list per group (see group_points); not in the ids."""
 
+    @property
+    def saes_folder(self) -> str:
+        """Where the points' SAEs are exported, one directory each (what the features stage reads)."""
+        return join(self.root, "saes", self.sweep_id)
+
     def conditions(self) -> dict[str, Any]:
         """The settings, besides each point's own configs, that change a point's artifacts."""
         return {key: getattr(self, key) for key in CONDITION_FIELDS}
@@ -157,7 +162,7 @@ def plan_points(sweep_id: str, root: str, conditions: dict[str, Any], grid: list
                 sae_id=sae_id,
                 sae_config=sae_config,
                 train_config=train_config,
-                sae_uri=join(root, "saes", sweep_id, sae_id),
+                sae_uri=join(root, "saes", sweep_id, sae_id),  # inside SweepPlan.saes_folder
                 checkpoint_uri=join(root, "checkpoints", sweep_id, sae_id),
                 features_uri=join(root, "evals", sweep_id, "features", f"{sae_id}.parquet"),
             )

@@ -265,7 +265,7 @@ def test_sigkilled_flow_process_restarts_and_resumes(stored_harvest, tmp_path, r
     watcher = CheckpointWatcher(root)
     watcher.start()
     rerun_started = time.monotonic()
-    report = sweep(spec)  # in-process, on the session's Ray
+    swept = sweep(spec)  # in-process, on the session's Ray
     rerun = time.monotonic() - rerun_started
     watcher.stop.set()
     watcher.join(5)
@@ -276,7 +276,7 @@ def test_sigkilled_flow_process_restarts_and_resumes(stored_harvest, tmp_path, r
     metrics = metrics_of(root)
     assert len(metrics) == 2 and all(m["steps"] == TOTAL_STEPS for m in metrics.values())
     assert_history_complete(root)
-    results = read_results(str(Path(report).parent / "results.parquet"))
+    results = read_results(swept.results)
     assert len(results) == 2 and (results["status"] == "finished").all()
     assert results["steps"].eq(TOTAL_STEPS).all() and results["explained_variance"].gt(0.5).all()
     print(f"KILL flow: SIGKILL at {killed_after:.1f}s, finished {sorted(done_before)}, {resumed_id} resumed from "

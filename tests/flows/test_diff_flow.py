@@ -39,9 +39,11 @@ def spec(models: list[str], root: Path, **overrides) -> DiffSpec:
 
 def test_diff_writes_crosscoder_latents_histogram_and_caches(checkpoints, monkeypatch):
     early, late, base = checkpoints
-    report = Path(diff(spec([early, late], base / "root")))
+    diffed = diff(spec([early, late], base / "root"))
+    report = Path(diffed.report)
     folder = report.parent
-    latents = pd.read_parquet(folder / "latents.parquet")
+    assert folder.name == diffed.diff_id and diffed.latents == str(folder / "latents.parquet")
+    latents = pd.read_parquet(diffed.latents)
     assert len(latents) == 128
     assert set(latents["class"]) <= {"shared", "a_only", "b_only", "spurious", "other", "dead"}
     examined = latents[latents["norm_class"].isin(["a_only", "b_only"])]
@@ -58,7 +60,7 @@ def test_diff_writes_crosscoder_latents_histogram_and_caches(checkpoints, monkey
         raise AssertionError("a finished diff must not train or harvest again")
 
     monkeypatch.setattr(infra.ray_pool, "run_pool", no_training)
-    assert Path(diff(spec([early, late], base / "root"))) == report
+    assert diff(spec([early, late], base / "root")) == diffed
 
 
 def test_single_model_is_a_clear_error(checkpoints, tmp_path):

@@ -34,15 +34,17 @@ def test_features_flow_runs_on_ray_links_the_sweep_report_and_caches(sweep_like)
 
     spec = FeaturesSpec(saes=str(sweep_like["saes"]), harvest=sweep_like["harvest"], root=str(sweep_like["root"]), contexts=8,
                         ablation_latents=2)
-    browser = features(spec)
-    folder = Path(browser).parent
-    manifest = json.loads((folder / "_manifest.json").read_text())
+    described = features(spec)
+    browser, folder = described.browser, Path(described.folder)
+    assert Path(browser).parent == folder and described.manifest == str(folder / "_manifest.json")
+    manifest = json.loads(Path(described.manifest).read_text())
+    assert described.features_id == manifest["features_id"]
     assert [s["name"] for s in manifest["saes"]] == ["topk-a", "topk-b"]
     assert sorted(p.name for p in folder.glob("latents/*")) == ["sae=topk-a", "sae=topk-b"]
     report = sweep_like["report"].read_text()
     assert f"[{manifest['features_id']}](../../features/{manifest['features_id']}/browser.html)" in report
     stamp = Path(browser).stat().st_mtime_ns
-    assert features(spec) == browser and Path(browser).stat().st_mtime_ns == stamp
+    assert features(spec) == described and Path(browser).stat().st_mtime_ns == stamp
     assert sweep_like["report"].read_text().count(f"[{manifest['features_id']}]") == 1
 
 

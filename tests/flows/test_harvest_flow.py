@@ -38,8 +38,10 @@ def spec(model_dir: str, root: str, **overrides) -> HarvestSpec:
 
 
 def test_flow_harvests_then_reruns_are_cache_hits(model_dir, tmp_path, monkeypatch):
-    uri = harvest(spec(model_dir, str(tmp_path)))
+    harvested = harvest(spec(model_dir, str(tmp_path)))
+    uri = harvested.harvest
     manifest = read_manifest(uri)
+    assert harvested.harvest_id == manifest["harvest_id"]
     assert manifest["num_rows"] == 320 and len(manifest["shards"]) == 3
     assert open_activations(uri, "blocks.2.hook_resid_post").count_rows() == 320
 
@@ -48,10 +50,10 @@ def test_flow_harvests_then_reruns_are_cache_hits(model_dir, tmp_path, monkeypat
 
     # Second run: storage says the harvest is committed, so no actor pool (no model) starts.
     monkeypatch.setattr(infra.harvest.plan, "run_pool", no_model_allowed)
-    assert harvest(spec(model_dir, str(tmp_path))) == uri
+    assert harvest(spec(model_dir, str(tmp_path))) == harvested
     # Third run: Prefect's own cache answers; the harvest task body does not even run.
     monkeypatch.setattr(tasks.harvest, "run_harvest", no_model_allowed)
-    assert harvest(spec(model_dir, str(tmp_path))) == uri
+    assert harvest(spec(model_dir, str(tmp_path))) == harvested
 
 
 def test_bad_hookpoint_fails_the_flow_without_retries(model_dir, tmp_path):
@@ -69,7 +71,7 @@ def test_s3_credentials_from_a_secret_block_reach_the_actors(model_dir, s3_serve
     Secret(value=s3_server.env()).save("test-s3-credentials", overwrite=True)
     root = s3_server.uri("secret-harvest")
     try:
-        uri = harvest(spec(model_dir, root, storage_secret="test-s3-credentials"))
+        uri = harvest(spec(model_dir, root, storage_secret="test-s3-credentials")).harvest
         assert uri.startswith("s3://")
         assert open_activations(uri, "blocks.0.hook_resid_post").count_rows() == 320
         manifest_text = json.dumps(read_manifest(uri))

@@ -55,7 +55,7 @@ def test_harvest_and_sweep_show_progress_and_map_groups(tmp_path, monkeypatch, c
     harvest_spec = HarvestSpec(model=str(model), hookpoints=[HOOKPOINT], source="builtin:pydoc", context_length=32,
                                num_tokens=32 * 48, contexts_per_shard=16, num_actors=2, dtype="float32", root=str(tmp_path))
     state = harvest(harvest_spec, return_state=True)
-    harvest_uri = state.result()
+    harvest_uri = state.result().harvest
     (artifact,) = progress_artifacts(state.state_details.flow_run_id)
     assert artifact.data == 100 and "tokens harvested" in artifact.description and "1,536/1,536 tok" in artifact.description
     assert "harvest" in capfd.readouterr().err

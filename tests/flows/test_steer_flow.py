@@ -29,13 +29,14 @@ def test_steer_flow_runs_on_ray_and_caches(tiny, tmp_path):
     spec = SteerSpec(model=str(tiny["model"]), sae=tiny["sae"], harvest=tiny["harvest"], prompts=["It was the best of times"],
                      latents=[1], scales=[4.0], clamp_latents=[2], clamp_values=[20.0], max_new_tokens=4, ablation_latents=[1],
                      contexts=2, root=str(tmp_path))
-    report = steer(spec)
-    folder = Path(report).parent
+    steered = steer(spec)
+    folder = Path(steered.report).parent
+    assert steered.generations == str(folder / "generations.parquet") and folder.name == steered.steer_id
     manifest = json.loads((folder / "_manifest.json").read_text())
     assert manifest["conditions"] == ["add", "clamp"] and set(manifest["files"]) == {"generations", "hookpoint_ablation", "latent_ablation"}
     assert len(pd.read_parquet(folder / "generations.parquet")) == 2
     stamp = (folder / "_manifest.json").stat().st_mtime_ns
-    assert steer(spec) == report and (folder / "_manifest.json").stat().st_mtime_ns == stamp
+    assert steer(spec) == steered and (folder / "_manifest.json").stat().st_mtime_ns == stamp
 
 
 def test_cli_rejects_bad_steering_inputs_in_one_line_before_compute(tiny, tmp_path, capsys):

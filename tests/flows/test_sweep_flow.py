@@ -58,9 +58,10 @@ def spec(harvest: str, root: Path, **overrides) -> SweepSpec:
 
 def test_sweep_trains_evaluates_reports_and_caches(stored_harvest, monkeypatch):
     harvest, root = stored_harvest
-    report_uri = sweep(spec(harvest, root))
-    folder = Path(report_uri).parent
-    results = read_results(str(folder / "results.parquet"))
+    swept = sweep(spec(harvest, root))
+    report_uri, folder = swept.report, Path(swept.report).parent
+    assert swept.results == str(folder / "results.parquet") and Path(swept.saes) == root / "saes" / swept.sweep_id
+    results = read_results(swept.results)
     assert len(results) == 4 and set(results["architecture"]) == {"topk", "relu"}
     assert (results["explained_variance"] > 0.5).all(), results[["sae_id", "explained_variance"]]
     assert results["ce_loss_recovered"].notna().all() and results["kl_spliced"].ge(0).all()
@@ -94,7 +95,7 @@ def test_sweep_trains_evaluates_reports_and_caches(stored_harvest, monkeypatch):
         raise AssertionError("nothing should be trained again")
 
     monkeypatch.setattr(tasks.sweep, "run_groups", must_not_train)
-    assert sweep(spec(harvest, root)) == report_uri
+    assert sweep(spec(harvest, root)) == swept
     monkeypatch.undo()
 
     trained = []

@@ -14,7 +14,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_server")]
 
 def test_demo_trains_reports_and_reruns_from_storage(tmp_path):
     spec = SyntheticDemoSpec(architectures=["topk", "relu"], steps=600, checkpoint_every=200, root=str(tmp_path))
-    report_uri = synthetic_demo(spec)
+    report_uri = synthetic_demo(spec).report
 
     results = json.loads((tmp_path / "demo").glob("*/results.json").__next__().read_text())["results"]
     assert [r["architecture"] for r in results] == ["topk", "relu"]
@@ -25,5 +25,5 @@ def test_demo_trains_reports_and_reruns_from_storage(tmp_path):
     assert "| topk" in open(report_uri).read()
 
     stamps = {p: p.stat().st_mtime_ns for p in tmp_path.glob("saes/*/*/sae_weights.safetensors")}
-    assert synthetic_demo(spec) == report_uri
+    assert synthetic_demo(spec).report == report_uri
     assert {p: p.stat().st_mtime_ns for p in tmp_path.glob("saes/*/*/sae_weights.safetensors")} == stamps
