@@ -65,3 +65,21 @@ def input_scale_for(x_ND: Tensor) -> float:
     if not math.isfinite(mean_norm) or mean_norm <= 0:
         raise ValueError(f"cannot scale inputs: mean activation norm is {mean_norm}")
     return math.sqrt(x_ND.shape[1]) / mean_norm
+
+
+def matched_random_perturbation(x_ND: Tensor, e_ND: Tensor, generator: torch.Generator) -> Tensor:
+    """Random e' with ||e'|| = ||e|| and cos(e', x) = cos(e, x) per row, random otherwise.
+
+    The baseline an SAE's error e is compared with (Gurnee 2024): noise of the same size and
+    angle to the activation x, so what remains is whether e's direction hurts the model more.
+    """
+    x_ND, e_ND = x_ND.float(), e_ND.float()
+    # u = 0 where x = 0: cos(e, x) is undefined there and e' is then any direction of norm ||e||.
+    u_ND = x_ND / x_ND.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    along_N1 = (e_ND * u_ND).sum(dim=-1, keepdim=True)
+    ortho_norm_N1 = (e_ND.pow(2).sum(dim=-1, keepdim=True) - along_N1.pow(2)).clamp_min(0).sqrt()
+    # Noise drawn on the CPU generator, so a seed gives the same baseline on CPU and CUDA.
+    r_ND = torch.randn(x_ND.shape, generator=generator, dtype=torch.float32).to(x_ND.device)
+    r_ND = r_ND - (r_ND * u_ND).sum(dim=-1, keepdim=True) * u_ND
+    r_ND = r_ND / r_ND.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return along_N1 * u_ND + ortho_norm_N1 * r_ND

@@ -30,23 +30,10 @@ from torch import Tensor, nn
 
 from infra.lm.hookpoints import Hookpoint, hooked_module, resolve_hookpoints
 from infra.lm.splice_scores import CI_METRIC, score_interval, summarize
+from sae_core.geometry import matched_random_perturbation
 
 SpliceFn = Callable[[Tensor], Tensor]
 """Anything mapping activations x_BSD to replacements x_hat_BSD (an SAE's round trip, identity, ...)."""
-
-
-def matched_random_perturbation(x_ND: Tensor, e_ND: Tensor, generator: torch.Generator) -> Tensor:
-    """Random e' with ||e'|| = ||e|| and cos(e', x) = cos(e, x) per row, random otherwise."""
-    x_ND, e_ND = x_ND.float(), e_ND.float()
-    # u = 0 where x = 0: cos(e, x) is undefined there and e' is then any direction of norm ||e||.
-    u_ND = x_ND / x_ND.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    along_N1 = (e_ND * u_ND).sum(dim=-1, keepdim=True)
-    ortho_norm_N1 = (e_ND.pow(2).sum(dim=-1, keepdim=True) - along_N1.pow(2)).clamp_min(0).sqrt()
-    # Noise drawn on the CPU generator, so a seed gives the same baseline on CPU and CUDA.
-    r_ND = torch.randn(x_ND.shape, generator=generator, dtype=torch.float32).to(x_ND.device)
-    r_ND = r_ND - (r_ND * u_ND).sum(dim=-1, keepdim=True) * u_ND
-    r_ND = r_ND / r_ND.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    return along_N1 * u_ND + ortho_norm_N1 * r_ND
 
 
 @contextmanager

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
-from sae_core.geometry import geometric_median, input_scale_for, normalize_rows_, remove_parallel_gradient_
+from sae_core.geometry import geometric_median, input_scale_for, matched_random_perturbation, normalize_rows_, remove_parallel_gradient_
 
 
 def test_geometric_median_ignores_outliers():
@@ -29,3 +30,12 @@ def test_parallel_gradient_removed_and_rows_renormalised():
     remove_parallel_gradient_(W_FD)
     assert torch.allclose((W_FD.grad * W_FD).sum(dim=1), torch.zeros(6), atol=1e-6)
     assert torch.allclose(W_FD.norm(dim=1), torch.ones(6), atol=1e-6)
+
+
+def test_matched_perturbation_edge_rows():
+    x_ND = torch.tensor([[3.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
+    e_ND = torch.tensor([[-1.5, 0.0, 0.0, 0.0], [0.0, 2.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    noise_ND = matched_random_perturbation(x_ND, e_ND, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(noise_ND[0], e_ND[0])  # an error along x has only one match: itself
+    assert noise_ND[1].norm() == pytest.approx(2.0)  # x = 0: any direction of the error's norm
+    assert torch.equal(noise_ND[2], torch.zeros(4))  # no error, no noise
