@@ -14,8 +14,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from infra.activations.store import read_manifest
-from infra.activations.stream import StreamSpec, iter_batches, split_eval
+from infra.activations.stream import SeqSelection, StreamSpec, iter_batches, split_eval
 from infra.allocator import keep_freed_memory
 from infra.diff.crosscoder_store import save_crosscoder
 from infra.diff.report import first_present_histogram, latent_scaling_scatter, latents_frame, relative_norm_histogram
@@ -74,11 +73,11 @@ class CrosscoderWorker:
         self.plan = DiffPlan(**plan)
         self.device = pick_device()
 
-    def _stream(self, seq_range: tuple[int, int], training: bool) -> StreamSpec:
+    def _stream(self, seqs: SeqSelection, training: bool) -> StreamSpec:
         plan = self.plan
         return StreamSpec(
             harvest=plan.harvests[0], hookpoint=plan.hookpoint, batch_size=plan.batch_size, seed=plan.seed,
-            seq_range=seq_range, loop=training, drop_last=training, aligned_harvests=tuple(plan.harvests[1:]),
+            seqs=seqs, loop=training, drop_last=training, aligned_harvests=tuple(plan.harvests[1:]),
             shuffle_buffer=plan.shuffle_buffer if training else 0,
         )
 
@@ -88,7 +87,7 @@ class CrosscoderWorker:
         if diff_done(plan):
             return read_json(plan.uri(SUMMARY_FILE))
         keep_freed_memory()  # training reallocates the same large tensors every step
-        train_range, eval_range = split_eval(read_manifest(plan.harvests[0]), plan.eval_contexts)
+        train_range, eval_range = split_eval(plan.harvests[0], plan.eval_contexts)
         restored = load_training_state(plan.uri("checkpoint"), device=self.device)
         if restored is None:
             model = build_crosscoder(CrosscoderConfig.from_dict(plan.crosscoder_config)).to(self.device)
@@ -105,7 +104,7 @@ class CrosscoderWorker:
         return self._write_diff(trainer, history, eval_range)
 
     @torch.no_grad()
-    def _write_diff(self, trainer: SaeTrainer, history: list[dict[str, float]], eval_range: tuple[int, int]) -> dict[str, Any]:
+    def _write_diff(self, trainer: SaeTrainer, history: list[dict[str, float]], eval_range: SeqSelection) -> dict[str, Any]:
         plan, crosscoder = self.plan, trainer.sae.eval()
         x_BMD = torch.cat([batch.to(self.device) for batch in iter_batches(self._stream(eval_range, training=False))])
         acts_BF = crosscoder.encode(x_BMD)

@@ -56,7 +56,7 @@ class SweepPlan:
     points: list[dict[str, Any]]
     """One dict per grid point: sae_id, sae_config, train_config, sae_uri, checkpoint_uri, features_uri."""
     eval_contexts: int
-    """Held-out contexts: moves the train/eval split, so both training data and metrics."""
+    """Held-out contexts (whole documents, infra.activations.split): moves the split, so both training data and metrics."""
     splice_contexts: int
     """Held-out contexts scored by splicing into the model (CE loss recovered, KL); 0 skips it."""
     shuffle_buffer: int
@@ -238,9 +238,9 @@ def plan_sweep(
         raise SweepSpecError(f"train_tokens={train_tokens} must be >= batch_size={batch_size} >= 1")
     total_steps = train_tokens // batch_size
     grid = expand_grid(axes, manifest["d_model"], total_steps, warmup_steps, autocast_bf16)
-    train_range, _ = split_eval(manifest, eval_contexts)
+    train_seqs, _ = split_eval(harvest, eval_contexts)
     # The training stream's own row count (BOS/EOS dropped, as it drops them): one epoch.
-    train_rows = count_rows(StreamSpec(harvest=harvest, hookpoint=hookpoint, batch_size=batch_size, seq_range=train_range, loop=True))
+    train_rows = count_rows(StreamSpec(harvest=harvest, hookpoint=hookpoint, batch_size=batch_size, seqs=train_seqs, loop=True))
     plan = SweepPlan(
         sweep_id="", root=root, harvest=harvest, harvest_id=manifest["harvest_id"], hookpoint=hookpoint, d_in=manifest["d_model"],
         batch_size=batch_size, total_steps=total_steps, points=[], eval_contexts=eval_contexts, splice_contexts=splice_contexts,
