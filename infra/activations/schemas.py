@@ -40,11 +40,15 @@ def shard_row_schema(num_contexts: int, context_length: int, vocab_size: int) ->
     )
 
 
+def _non_decreasing() -> pa.Check:
+    return pa.Check(lambda s: bool((s.diff().dropna() >= 0).all()), error="non-decreasing along the rows")
+
+
 def tokens_row_schema(num_contexts: int, context_length: int, vocab_size: int) -> pa.DataFrameSchema:
     """pandera schema of tokens.parquet: the shard's id columns plus doc_id, in (seq_id, pos) order.
 
-    doc_id must never decrease along the rows: contexts keep corpus order, and the held-out split
-    (infra.activations.split) relies on it to find which contexts share a document.
+    doc_id and chunk_id must never decrease along the rows: contexts keep corpus order, and the
+    held-out split (infra.activations.split) relies on it to find which contexts share a document.
     """
     return pa.DataFrameSchema(
         {
@@ -52,8 +56,8 @@ def tokens_row_schema(num_contexts: int, context_length: int, vocab_size: int) -
             "pos": pa.Column("int32", pa.Check.in_range(0, context_length - 1), nullable=False),
             "token_id": pa.Column("int32", pa.Check.in_range(0, vocab_size - 1), nullable=False),
             "special": pa.Column("bool", nullable=False),
-            "doc_id": pa.Column("int64", [pa.Check.ge(0), pa.Check(lambda s: bool((s.diff().dropna() >= 0).all()), error="non-decreasing along the rows")],
-                                nullable=False),
+            "doc_id": pa.Column("int64", [pa.Check.ge(0), _non_decreasing()], nullable=False),
+            "chunk_id": pa.Column("int64", [pa.Check.ge(0), _non_decreasing()], nullable=False),
         },
         strict=True,
         name="tokens table",

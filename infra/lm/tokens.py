@@ -128,6 +128,9 @@ class TokenSet:
     """[contexts, context_length] int64: the document each token came from (index in iter_documents order);
     an EOS belongs to the document it ends, a BOS to the context's first body token. Non-decreasing along
     a context, and across contexts in seq_id order (contexts keep corpus order)."""
+    chunk_id_N: np.ndarray
+    """[contexts] int64: each context's chunk of the corpus's token stream (contexts are a seeded sample of the
+    chunks, kept in stream order); consecutive chunk ids are contiguous text."""
 
 
 def pack_tokens(spec: TokenSpec, tokenizer: Any) -> TokenSet:
@@ -165,11 +168,11 @@ def pack_tokens(spec: TokenSpec, tokenizer: Any) -> TokenSet:
     special_NS = np.isin(bodies_NS, special_ids)
     if spec.prepend_bos:
         special_NS[:, 0] = True
-    return TokenSet(bodies_NS, special_NS, docs_NS)
+    return TokenSet(bodies_NS, special_NS, docs_NS, order.astype(np.int64))
 
 
 def token_table(tokens: TokenSet) -> pa.Table:
-    """Arrow table of a token set: one row per token (seq_id, pos, token_id, special, doc_id), in order.
+    """Arrow table of a token set: one row per token (seq_id, pos, token_id, special, doc_id, chunk_id), in order.
 
     The same keys and id columns as an activation shard, so any engine joins the two on (seq_id, pos).
     """
@@ -181,6 +184,7 @@ def token_table(tokens: TokenSet) -> pa.Table:
             "token_id": pa.array(tokens.token_ids_NS.reshape(-1).astype(np.int32)),
             "special": pa.array(tokens.special_NS.reshape(-1).astype(bool)),
             "doc_id": pa.array(tokens.doc_id_NS.reshape(-1).astype(np.int64)),
+            "chunk_id": pa.array(np.repeat(tokens.chunk_id_N.astype(np.int64), length)),
         }
     )
 
@@ -191,6 +195,7 @@ def tokens_from_table(table: pa.Table) -> TokenSet:
     ids = table.column("token_id").to_numpy().astype(np.int32)
     special = table.column("special").to_numpy(zero_copy_only=False).astype(bool)
     docs = table.column("doc_id").to_numpy().astype(np.int64)
+    chunks = table.column("chunk_id").to_numpy().astype(np.int64)
     if ids.size % length:
         raise ValueError(f"token table of {ids.size} rows is not whole contexts of {length} tokens")
-    return TokenSet(ids.reshape(-1, length), special.reshape(-1, length), docs.reshape(-1, length))
+    return TokenSet(ids.reshape(-1, length), special.reshape(-1, length), docs.reshape(-1, length), chunks[::length])

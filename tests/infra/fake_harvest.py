@@ -13,6 +13,8 @@ HOOKPOINTS = ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
 D_MODEL, CONTEXT, CONTEXTS, PER_SHARD, VOCAB = 8, 4, 6, 4, 50
 DOCS_NS = np.array([[0, 0, 0, 0], [0, 0, 1, 1], [2, 2, 2, 2], [3, 3, 3, 3], [3, 4, 4, 4], [5, 5, 5, 5]], dtype=np.int64)
 """Documents of the fake contexts: 0-1 share document 0, 3-4 document 3; document groups {0, 1}, {2}, {3, 4}, {5}."""
+CHUNKS_N = np.array([0, 1, 3, 5, 6, 8], dtype=np.int64)
+"""Their chunks of the token stream: the contexts sharing a document are contiguous text."""
 
 
 def write_fake_harvest(root: str, dtype: str = "float16") -> tuple[str, dict]:
@@ -45,7 +47,8 @@ def write_fake_harvest(root: str, dtype: str = "float16") -> tuple[str, dict]:
         "num_rows": CONTEXTS * CONTEXT,
         "shards": shards,
     }
-    tokens = TokenSet(np.concatenate(tokens_N).reshape(CONTEXTS, CONTEXT), (np.arange(CONTEXTS * CONTEXT) % CONTEXT == 0).reshape(CONTEXTS, CONTEXT), DOCS_NS)
+    bos_NS = (np.arange(CONTEXTS * CONTEXT) % CONTEXT == 0).reshape(CONTEXTS, CONTEXT)
+    tokens = TokenSet(np.concatenate(tokens_N).reshape(CONTEXTS, CONTEXT), bos_NS, DOCS_NS, CHUNKS_N)
     write_parquet_atomic(join(harvest, TOKENS_FILE), token_table(tokens))
     write_manifest(harvest, manifest)
     return harvest, manifest

@@ -78,7 +78,7 @@ def test_no_document_on_both_sides_and_the_two_sides_cover_every_context(varied)
     table = pq.read_table(join(harvest, TOKENS_FILE))
     for eval_contexts in (1, 4, 9):
         train, held = split_eval(harvest, eval_contexts)
-        assert train == SeqSelection(held.ids, complement=True)
+        assert train == SeqSelection(held.ids, complement=True, rule="documents") and held.rule == "documents"
         assert len(held.ids) == eval_contexts, "first fit over small documents holds out exactly eval_contexts"
         trained = [i for i in range(spec.num_contexts) if train.mask(np.array([i]))[0]]
         assert sorted(trained + list(held.ids)) == list(range(spec.num_contexts)), "disjoint, and together every context"
@@ -123,6 +123,18 @@ def test_two_models_and_two_hookpoints_evaluate_on_the_same_contexts(tmp_path):
     assert seen[0] == seen[1] and len(seen[0].ids) >= 5
 
 
+def test_a_corpus_of_one_long_document_falls_back_to_runs_of_contiguous_text(tmp_path):
+    spec = TokenSpec(source=letter_corpus(tmp_path / "novel", [2000]), tokenizer="letters", context_length=16, num_tokens=16 * 40)
+    harvest = token_harvest(tmp_path, "letters-novel", spec)
+    train, held = split_eval(harvest, 6)
+    assert held.rule == train.rule == "text runs" and 6 <= len(held.ids) < 12
+    chunk_N = pq.read_table(join(harvest, TOKENS_FILE)).column("chunk_id").to_numpy()[::16]
+    held_chunks = set(chunk_N[list(held.ids)].tolist())
+    trained_chunks = set(chunk_N.tolist()) - held_chunks
+    assert not {c + 1 for c in held_chunks} & trained_chunks and not {c - 1 for c in held_chunks} & trained_chunks, \
+        "no held-out context continues, or is continued by, a training context"
+
+
 def test_document_groups_and_first_fit():
     first_N, last_N = np.array([0, 0, 2, 3, 3, 5]), np.array([0, 1, 2, 3, 4, 5])
     groups_N = document_groups(first_N, last_N)
@@ -145,10 +157,10 @@ def test_bad_splits_are_one_line(tmp_path, varied):
     harvest, _ = varied
     with pytest.raises(SplitError, match=r"eval_contexts=40 is invalid: an integer in 1\.\.39 \(the harvest has 40 contexts\)"):
         split_eval(harvest, 40)
-    one_document = TokenSpec(source=letter_corpus(tmp_path / "one", [400]), tokenizer="letters", context_length=16, num_tokens=16 * 10)
-    with pytest.raises(SplitError, match=r"letters-one: holding out eval_contexts=2 contexts of whole documents leaves none to train on "
-                                         r"\(its 10 contexts form 1 run"):
-        split_eval(token_harvest(tmp_path, "letters-one", one_document), 2)
+    # 159 letters + EOS = exactly 10 chunks of 15: every chunk is kept, so the whole harvest is one run of text.
+    no_gap = TokenSpec(source=letter_corpus(tmp_path / "one", [159]), tokenizer="letters", context_length=16, num_tokens=16 * 10)
+    with pytest.raises(SplitError, match=r"letters-one: holding out eval_contexts=2 contexts leaves none to train on \(its 10 contexts form 1 run"):
+        split_eval(token_harvest(tmp_path, "letters-one", no_gap), 2)
     fake, _ = write_fake_harvest(str(tmp_path / "fake"))
     pq.write_table(pq.read_table(join(fake, TOKENS_FILE)).drop_columns(["doc_id"]), join(fake, TOKENS_FILE))
     with pytest.raises(SplitError, match=r"tokens\.parquet: no doc_id column, so the held-out split cannot keep documents whole"):
