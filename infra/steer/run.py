@@ -110,7 +110,8 @@ class Steerer:
 
         token_ids_NS = tokens_from_table(read_tokens_table(self.plan.harvest)).token_ids_NS
         held_out = split_eval(self.plan.harvest, self.plan.settings.contexts)[1]
-        return [token_ids_NS[i].tolist() for i in sorted(held_out.ids)]
+        # ids keep their random draw order, so the first `contexts` are a sample of the held-out ones (exactly that many).
+        return [token_ids_NS[i].tolist() for i in sorted(held_out.ids[: self.plan.settings.contexts])]
 
     def stats_rows(self, sequences: list[list[int]]) -> torch.Tensor:
         """[M, D] activations the mean / resample ablations draw on: the harvest's, else the sequences' own."""
