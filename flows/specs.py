@@ -112,6 +112,10 @@ class SweepSpec(BaseModel):
         "so SAEs that differ only in seed saw identical batches; part of every id."
     )
     train_tokens: int = Field(2_000_000, ge=1, description="Training tokens per SAE.")
+    dead_window_tokens: PositiveInt | None = Field(
+        None, description="Training tokens a latent must stay silent to count as dead (AuxK's window, and dead_fraction's); empty: "
+        "min(10M, train_tokens / 10), so AuxK engages in short runs too. Part of every SAE id."
+    )
     batch_size: int = Field(4096, ge=1, description="Tokens per batch (<= train_tokens).")
     warmup_steps: int = Field(100, ge=0, description="Learning-rate warm-up steps.")
     autocast_bf16: Literal["cuda", "always", "never"] = Field(

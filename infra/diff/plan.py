@@ -10,6 +10,7 @@ from infra.ids import spec_id
 from infra.lm.hookpoints import resolve_hookpoints
 from infra.lm.models import ModelRef, load_model_config, model_facts
 from sae_core import TrainConfig
+from sae_core.config import scaled_dead_window
 from sae_core.crosscoder_config import CrosscoderConfig
 
 
@@ -43,6 +44,7 @@ def plan_diff(spec: dict[str, Any], harvests: list[str], d_model: int) -> DiffPl
         architecture=spec["architecture"], n_sources=len(spec["models"]), d_in=d_model, expansion_factor=spec["expansion_factor"],
         k=spec["k"], sparsity_coefficient=spec["sparsity_coefficient"], seed=spec["seed"],
         source_normalization=spec.get("source_normalization", "centred_variance"),
+        dead_after_tokens=scaled_dead_window(spec["train_tokens"]),  # AuxK engages in short runs too (sae_core.config)
     )
     total_steps = spec["train_tokens"] // spec["batch_size"]
     if total_steps < 1:
