@@ -25,6 +25,6 @@ def features(spec: FeaturesSpec) -> FeaturesResult:
     plan = plan_features_task(values)
     result = run_features_task(plan, num_actors=spec.num_actors, ray_address=spec.ray_address)
     browser = publish_features_task(plan, result)
-    print(f"features {plan.features_id}: {len(plan.saes)} SAEs on {plan.seq_range[1] - plan.seq_range[0]} contexts "
+    print(f"features {plan.features_id}: {len(plan.saes)} SAEs on {plan.contexts} contexts "
           f"({'cached' if result['cached'] else 'computed'}) -> browser {browser}")
     return FeaturesResult(features_id=plan.features_id, folder=plan.features, browser=browser, manifest=result["manifest"])

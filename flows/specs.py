@@ -112,12 +112,16 @@ class SweepSpec(BaseModel):
         "so SAEs that differ only in seed saw identical batches; part of every id."
     )
     train_tokens: int = Field(2_000_000, ge=1, description="Training tokens per SAE.")
+    dead_window_tokens: PositiveInt | None = Field(
+        None, description="Training tokens a latent must stay silent to count as dead (AuxK's window, and dead_fraction's); empty: "
+        "min(10M, train_tokens / 10), so AuxK engages in short runs too. Part of every SAE id."
+    )
     batch_size: int = Field(4096, ge=1, description="Tokens per batch (<= train_tokens).")
     warmup_steps: int = Field(100, ge=0, description="Learning-rate warm-up steps.")
     autocast_bf16: Literal["cuda", "always", "never"] = Field(
         "cuda", description="bf16 autocast of the SAE products: on CUDA, also on CPUs (fast on AVX512-BF16/AMX), or never."
     )
-    eval_contexts: int = Field(16, ge=1, description="Held-out contexts (never trained on) for evaluation.")
+    eval_contexts: int = Field(16, ge=1, description="Held-out contexts (whole documents, never trained on) for evaluation.")
     splice_contexts: int = Field(8, ge=0, description="Held-out contexts for CE loss recovered / KL (0 skips the model).")
     splice_ci_width: float | None = Field(
         None, gt=0, description="Stop scoring splice contexts once the 95% bootstrap interval of ce_loss_recovered is at most this "
@@ -251,7 +255,7 @@ class FeaturesSpec(BaseModel):
     saes: str = Field(..., min_length=1, description="An SAELens-format SAE directory, or a folder of them (a sweep's saes/{sweep_id}).")
     harvest: str = Field(..., min_length=1, description="URI of a committed harvest of the SAEs' model and hookpoint.")
     hookpoint: str | None = Field(None, description="Hookpoint to read; defaults to the SAEs' cfg.json hook_name.")
-    contexts: int = Field(16, ge=0, description="The harvest's last N contexts (a sweep's held-out split for its eval_contexts); 0 = all.")
+    contexts: int = Field(16, ge=0, description="The harvest's held-out contexts for N (a sweep's split for eval_contexts=N: whole documents); 0 = all.")
     exclude_special: bool = Field(True, description="Skip BOS/EOS tokens (SAEs are trained without them).")
     top_examples: int = Field(10, ge=1, description="Top-activating examples per latent.")
     quantile_bins: int = Field(4, ge=1, description="Equal-count activation bins per latent that examples are drawn from.")
@@ -284,7 +288,7 @@ class SteerSpec(BaseModel):
     model: str = Field("smollm2-135m", min_length=1, description="Hugging Face id, local model directory, or 'smollm2-135m' (packaged, offline).")
     sae: str | None = Field(None, description="An SAELens-format SAE directory; needed by latents, clamp_latents and ablation_latents.")
     hookpoint: str | None = Field(None, description="Hookpoint to intervene at; defaults to the SAE's cfg.json hook_name.")
-    harvest: str | None = Field(None, description="A committed harvest of the model: its last contexts score the ablations, its rows "
+    harvest: str | None = Field(None, description="A committed harvest of the model: its held-out contexts score the ablations, its rows "
                                                   "give the mean / resample statistics (else the prompts do).")
     prompts: list[str] = Field(["The weather today is"], min_length=1, description="Prompts generated from, baseline and steered.")
     latents: list[int] = Field([], description="SAE latents whose decoder directions are added (summed: one 'add' condition).")
@@ -300,7 +304,7 @@ class SteerSpec(BaseModel):
     top_tokens: int = Field(10, ge=1, description="Promoted next tokens listed per prompt and condition.")
     ablation_modes: list[AblationMode] = Field(["zero", "mean", "resample"], description="Hookpoint (and latent) ablations scored; [] skips them.")
     ablation_latents: list[int] = Field([], description="SAE latents ablated one at a time: per-example next-token loss change.")
-    contexts: int = Field(8, ge=1, description="The harvest's last N contexts score the ablations.")
+    contexts: int = Field(8, ge=1, description="The harvest's held-out contexts for N (a sweep's split for eval_contexts=N) score the ablations.")
     stat_rows: int = Field(4096, ge=1, description="Harvest rows the mean / resample statistics are taken over.")
     # From here on: where and how the stage runs, never what it computes (none enters the id).
     root: StorageRoot = "./artifacts"

@@ -82,6 +82,25 @@ def _check_deep_and_matryoshka(cfg: SaeConfig) -> None:
             _reject(name, field, value, f"an integer >= {low}")
 
 
+
+DEAD_WINDOW_CAP = 10_000_000
+"""Gao et al. (2024)'s dead-latent window: latents silent for 10M training tokens feed AuxK."""
+DEAD_WINDOW_FRACTION = 0.1
+"""Share of a run's training tokens the scaled window covers when the run is shorter than 10 x the cap."""
+
+
+def scaled_dead_window(train_tokens: int) -> int:
+    """The dead-latent window for a run of train_tokens: min(10M, train_tokens // 10), at least 1.
+
+    A latent can only count as dead once it has been silent for a whole window, so AuxK engages
+    after the first window at the earliest: with the fixed 10M it never does in a run shorter than
+    that (the demo trains 131k tokens). A tenth of the run lets AuxK act on 90% of training while a
+    latent still has to stay silent over a tenth of the run, long enough that a live latent rarely
+    looks dead (one firing on a fraction p of tokens stays silent for W tokens with probability
+    (1 - p)^W: below 5% for p >= 3 / W). Runs of 100M tokens or more keep the paper's 10M.
+    """
+    return max(1, min(DEAD_WINDOW_CAP, int(train_tokens * DEAD_WINDOW_FRACTION)))
+
 @dataclass(kw_only=True)
 class DictionaryConfig:
     """Fields every sparse dictionary has (an SAE, a crosscoder): its size, sparsity budget, dead-latent
@@ -114,7 +133,8 @@ class DictionaryConfig:
     (Gao et al. 2024), at most d_sae."""
 
     dead_after_tokens: int = 10_000_000
-    """A latent that has not fired for this many training tokens counts as dead (AuxK, metrics)."""
+    """A latent that has not fired for this many training tokens counts as dead (AuxK, metrics).
+    Gao et al.'s 10M suits long runs; a short run should pass scaled_dead_window(its tokens)."""
 
     batchtopk_threshold_momentum: float = 0.01
     """EMA rate of the BatchTopK inference threshold (mean of the smallest kept activation)."""

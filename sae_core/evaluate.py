@@ -35,9 +35,26 @@ class FeatureStats:
         return self.act_sum_F.double() / self.fire_count_F.clamp_min(1).double()
 
 
+def training_dead_fraction(sae: SparseCoder, trained_tokens: int) -> dict[str, float]:
+    """Latents silent over the last min(dead window, trained_tokens) training tokens, and that token count.
+
+    The training stream sees far more tokens than the held-out evaluation (2k tokens in the demo:
+    there, a latent firing once per 5k tokens looks dead), and the window is what AuxK calls dead.
+    """
+    window = max(1, min(int(sae.cfg.dead_after_tokens), int(trained_tokens)))
+    return {"dead_fraction": float((sae.tokens_since_fired >= window).float().mean()), "dead_fraction_tokens": float(window)}
+
+
 @torch.no_grad()
-def evaluate_sae(sae: SparseCoder, batches: Iterable[Tensor], density_threshold: float = 0.1) -> tuple[dict[str, float], FeatureStats]:
-    """(token-weighted mean of every reconstruction metric + dead/dense fractions, per-latent stats)."""
+def evaluate_sae(
+    sae: SparseCoder, batches: Iterable[Tensor], density_threshold: float = 0.1, trained_tokens: int | None = None
+) -> tuple[dict[str, float], FeatureStats]:
+    """(token-weighted mean of every reconstruction metric + dead/dense fractions, per-latent stats).
+
+    dead_fraction counts latents silent over the last dead_fraction_tokens tokens: the training
+    window (training_dead_fraction) when trained_tokens is given, else the evaluation tokens;
+    dead_fraction_eval is always the evaluation tokens' figure.
+    """
     sae.eval()
     device = sae.W_dec.device
     window = FiringWindow(sae.cfg.d_sae, device=device)
@@ -58,4 +75,8 @@ def evaluate_sae(sae: SparseCoder, batches: Iterable[Tensor], density_threshold:
     result = {name: total / window.num_tokens for name, total in totals.items()}
     result.update(window.summary(density_threshold))
     result["eval_tokens"] = float(window.num_tokens)
+    result["dead_fraction_eval"] = result["dead_fraction"]
+    result["dead_fraction_tokens"] = float(window.num_tokens)
+    if trained_tokens:
+        result.update(training_dead_fraction(sae, trained_tokens))
     return result, FeatureStats(window.counts_F.cpu(), act_sum_F.cpu(), act_max_F.cpu(), window.num_tokens)

@@ -40,6 +40,41 @@ def shard_row_schema(num_contexts: int, context_length: int, vocab_size: int) ->
     )
 
 
+def _non_decreasing() -> pa.Check:
+    return pa.Check(lambda s: bool((s.diff().dropna() >= 0).all()), error="non-decreasing along the rows")
+
+
+def tokens_row_schema(num_contexts: int, context_length: int, vocab_size: int) -> pa.DataFrameSchema:
+    """pandera schema of tokens.parquet: the shard's id columns plus doc_id, in (seq_id, pos) order.
+
+    doc_id and chunk_id must never decrease along the rows: contexts keep corpus order, and the
+    held-out split (infra.activations.split) relies on it to find which contexts share a document.
+    """
+    return pa.DataFrameSchema(
+        {
+            "seq_id": pa.Column("int64", pa.Check.in_range(0, num_contexts - 1), nullable=False),
+            "pos": pa.Column("int32", pa.Check.in_range(0, context_length - 1), nullable=False),
+            "token_id": pa.Column("int32", pa.Check.in_range(0, vocab_size - 1), nullable=False),
+            "special": pa.Column("bool", nullable=False),
+            "doc_id": pa.Column("int64", [pa.Check.ge(0), _non_decreasing()], nullable=False),
+            "chunk_id": pa.Column("int64", [pa.Check.ge(0), _non_decreasing()], nullable=False),
+        },
+        strict=True,
+        name="tokens table",
+    )
+
+
+def validate_tokens_table(uri: str, table: arrow.Table, num_contexts: int, context_length: int, vocab_size: int) -> None:
+    """Check a harvest's packed tokens before they are written; ShardValidationError names the file and the rule."""
+    schema = tokens_row_schema(num_contexts, context_length, vocab_size)
+    try:
+        schema.validate(table.to_pandas(), lazy=False)
+    except pandera.errors.SchemaError as error:
+        raise ShardValidationError(f"{uri}: {describe_schema_error(error)}") from error
+    if table.num_rows != num_contexts * context_length:
+        raise ShardValidationError(f"{uri}: {table.num_rows} rows, the token spec gives {num_contexts} contexts x {context_length}")
+
+
 def _check_arrow_schema(uri: str, schema: arrow.Schema, d_model: int, dtype: str) -> None:
     for name, expected in SCALAR_COLUMNS.items():
         if name not in schema.names:

@@ -3,7 +3,7 @@
 {harvest} = {root}/activations/{harvest_id}
 {harvest}/_manifest.json                                  written last: the commit marker
 {harvest}/_shards/part-{i:05d}.json                       per-shard commit marker
-{harvest}/tokens.parquet                                  the packed contexts, one row per (seq_id, pos)
+{harvest}/tokens.parquet                                  the packed contexts, one row per (seq_id, pos), with doc_id
 {harvest}/activations/hookpoint={hp}/part-{i:05d}.parquet one file per shard and hookpoint
 
 The shards have a folder of their own, so `{harvest}/activations/*/*.parquet` matches shards and
@@ -31,8 +31,14 @@ from infra.storage import exists, filesystem, join, read_json, write_bytes_atomi
 MANIFEST_FILE = "_manifest.json"
 TOKENS_FILE = "tokens.parquet"
 ACTIVATIONS_DIR = "activations"
-MANIFEST_FORMAT_VERSION = 2
-"""2: tokens.parquet (one row per token) + activations/hookpoint={hp}/ shards. 1: _tokens.parquet beside hookpoint={hp}/."""
+MANIFEST_FORMAT_VERSION = 3
+"""3: tokens.parquet carries each token's doc_id (the held-out split keeps documents whole).
+2: tokens.parquet (one row per token) + activations/hookpoint={hp}/ shards. 1: _tokens.parquet beside hookpoint={hp}/."""
+OLD_LAYOUTS = {
+    1: "_tokens.parquet beside the hookpoint= folders, which DuckDB/Polars globs cannot read",
+    2: "tokens.parquet has no doc_id column, so the held-out split cannot keep documents whole",
+}
+"""Why each older format_version is refused."""
 STORED_DTYPES = {"float16": np.float16, "float32": np.float32}
 
 
@@ -126,11 +132,10 @@ def read_manifest(harvest: str) -> dict[str, Any]:
         raise FileNotFoundError(f"{harvest}: no {MANIFEST_FILE}; the harvest is missing or unfinished")
     manifest = read_json(uri)
     version = manifest.get("format_version")
-    if version == 1:
+    if version in OLD_LAYOUTS:
         raise HarvestFormatError(
-            f"{harvest}: harvest in the old storage layout (format_version 1: _tokens.parquet beside the hookpoint= folders, "
-            f"which DuckDB/Polars globs cannot read); this saeflow reads format_version {MANIFEST_FORMAT_VERSION}: re-harvest it "
-            f"(the same spec now writes a new harvest id) and delete this folder"
+            f"{harvest}: harvest in an old storage layout (format_version {version}: {OLD_LAYOUTS[version]}); this saeflow reads "
+            f"format_version {MANIFEST_FORMAT_VERSION}: re-harvest it (the same spec now writes a new harvest id) and delete this folder"
         )
     if version != MANIFEST_FORMAT_VERSION:
         raise HarvestFormatError(f"{uri}: format_version={version!r}, this saeflow reads {MANIFEST_FORMAT_VERSION}")
@@ -138,7 +143,7 @@ def read_manifest(harvest: str) -> dict[str, Any]:
 
 
 def read_tokens_table(harvest: str) -> pa.Table:
-    """The packed contexts of a harvest: seq_id int64, pos int32, token_id int32, special bool."""
+    """The packed contexts of a harvest: seq_id int64, pos int32, token_id int32, special bool, doc_id int64."""
     return read_parquet(join(harvest, TOKENS_FILE))
 
 

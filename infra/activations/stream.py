@@ -12,6 +12,11 @@ The order is a pure function of the spec, so a stream replays exactly (resume af
 Epochs are independent, so resuming a looping stream skips whole epochs after counting rows from
 the small `special` / `seq_id` columns; only the epoch the resume point lies in is replayed.
 
+A stream may read a subset of contexts (`seqs`, a SeqSelection: the held-out ids, or their
+complement for training; see infra.activations.split). Shards whose seq_id bounds (manifest)
+hold no selected context are never opened; inside a shard only the row groups whose seq_id
+statistics can hold a selected context are read, and the rest of the filtering is a mask.
+
 Threads: one pipeline thread reads, shuffles and assembles batches, and hands them to the
 consumer through a bounded queue; under it `prefetch` shard reads run ahead in a thread pool
 (pyarrow and numpy release the GIL). A reader's exception is raised in the consumer; closing
@@ -34,6 +39,8 @@ import pyarrow.parquet as pq
 import torch
 from fsspec import AbstractFileSystem
 
+from infra.activations.split import SeqSelection as SeqSelection  # re-exported with split_eval: the stream's callers split with them
+from infra.activations.split import split_eval as split_eval
 from infra.activations.store import activations_numpy, read_manifest
 from infra.storage import filesystem
 
@@ -62,8 +69,8 @@ class StreamSpec:
     """Fixes shard orders and the buffer's draws: one seed, one stream."""
     exclude_special: bool = True
     """Drop BOS/EOS rows (the `special` column): their activations are outliers SAEs should not fit."""
-    seq_range: tuple[int, int] | None = None
-    """Half-open seq_id range [start, stop) to stream (see split_eval); None streams every context."""
+    seqs: SeqSelection | None = None
+    """Contexts to stream (split_eval's held-out ids, or their complement for training); None streams every context."""
     prefetch: int = 2
     """Shard reads that run ahead of the one being consumed."""
     loop: bool = False
@@ -79,11 +86,8 @@ class StreamSpec:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise StreamSpecError(f"StreamSpec.{name}={value!r} is invalid: an integer >= {low}")
-        if self.seq_range is not None:
-            bounds = tuple(self.seq_range)
-            if len(bounds) != 2 or not all(isinstance(b, int) for b in bounds) or not 0 <= bounds[0] < bounds[1]:
-                raise StreamSpecError(f"StreamSpec.seq_range={self.seq_range!r} is invalid: (start, stop) with 0 <= start < stop")
-            self.seq_range = (int(bounds[0]), int(bounds[1]))
+        if self.seqs is not None and not isinstance(self.seqs, SeqSelection):
+            raise StreamSpecError(f"StreamSpec.seqs={self.seqs!r} is invalid: a SeqSelection (infra.activations.split) or None")
 
 
 @dataclass(frozen=True)
@@ -94,7 +98,7 @@ class _Shard:
     """The same shard of each aligned harvest."""
     rows: int
     filter_seq: bool
-    """Whether only part of the shard's contexts lie in seq_range (so seq_id must be read)."""
+    """Whether only part of the shard's contexts are selected (so seq_id must be read)."""
 
 
 @dataclass(frozen=True)
@@ -109,17 +113,8 @@ class _Plan:
     @property
     def where(self) -> str:
         spec = self.spec
-        return f"{spec.harvest} hookpoint {spec.hookpoint} (exclude_special={spec.exclude_special}, seq_range={spec.seq_range})"
-
-
-def split_eval(manifest: dict[str, Any], holdout_contexts: int) -> tuple[tuple[int, int], tuple[int, int]]:
-    """(train_range, eval_range) of seq_ids: the last `holdout_contexts` contexts are held out."""
-    # Contexts were drawn from the corpus in a seeded random order, so the last ones are a random sample.
-    total = int(manifest["num_contexts"])
-    if isinstance(holdout_contexts, bool) or not isinstance(holdout_contexts, int) or not 1 <= holdout_contexts < total:
-        raise StreamSpecError(f"holdout_contexts={holdout_contexts!r} is invalid: an integer in 1..{total - 1} (the harvest has {total} contexts)")
-    cut = total - holdout_contexts
-    return (0, cut), (cut, total)
+        seqs = "every context" if spec.seqs is None else spec.seqs.describe()
+        return f"{spec.harvest} hookpoint {spec.hookpoint} (exclude_special={spec.exclude_special}, {seqs})"
 
 
 def iter_batches(spec: StreamSpec, start_batch: int = 0) -> Iterator[torch.Tensor]:
@@ -131,7 +126,7 @@ def iter_batches(spec: StreamSpec, start_batch: int = 0) -> Iterator[torch.Tenso
 
 
 def count_rows(spec: StreamSpec) -> int:
-    """Rows one epoch of the stream holds (after seq_range and exclude_special), reading only small columns."""
+    """Rows one epoch of the stream holds (after seqs and exclude_special), reading only small columns."""
     plan = _plan(spec)
     return sum(_count_rows(plan, shard) for shard in plan.shards)
 
@@ -147,18 +142,19 @@ def _plan(spec: StreamSpec) -> _Plan:
         path, rows = f"{base}/{entry['files'][spec.hookpoint]['path']}", int(entry["rows"])
         others = tuple(f"{b}/{m['shards'][entry['index']]['files'][spec.hookpoint]['path']}" for m, b in aligned)
         start, stop = entry.get("seq_start"), entry.get("seq_stop")
-        if spec.seq_range is None or start is None or stop is None:  # no bounds recorded: read and filter
-            shards.append(_Shard(path, others, rows, spec.seq_range is not None))
+        if spec.seqs is None or start is None or stop is None:  # no bounds recorded: read and filter
+            shards.append(_Shard(path, others, rows, spec.seqs is not None))
             bound += rows
             continue
-        overlap = min(stop, spec.seq_range[1]) - max(start, spec.seq_range[0])
-        if overlap > 0:
-            shards.append(_Shard(path, others, rows, overlap < stop - start))
-            bound += rows * overlap // (stop - start)
+        selected = spec.seqs.count_in(start, stop)
+        if selected > 0:  # a shard without a selected context is never opened
+            shards.append(_Shard(path, others, rows, selected < stop - start))
+            bound += rows * selected // (stop - start)
+    where = "every context" if spec.seqs is None else spec.seqs.describe()
     if bound == 0:
-        raise StreamSpecError(f"{spec.harvest}: seq_range={spec.seq_range} selects no rows; the harvest has {manifest['num_contexts']} contexts")
+        raise StreamSpecError(f"{spec.harvest}: {where} selects no rows; the harvest has {manifest['num_contexts']} contexts")
     if not spec.loop and spec.drop_last and bound < spec.batch_size:
-        raise StreamSpecError(f"{spec.harvest}: at most {bound} rows in seq_range={spec.seq_range}, fewer than "
+        raise StreamSpecError(f"{spec.harvest}: at most {bound} rows in {where}, fewer than "
                               f"batch_size={spec.batch_size}; use loop=True or a smaller batch")
     return _Plan(replace(spec), fs, shards, int(manifest["d_model"]), 1 + len(aligned))  # a copy: later edits to spec change nothing
 
@@ -167,10 +163,27 @@ def _read_columns(plan: _Plan, shard: _Shard, columns: list[str], path: str | No
     path = path or shard.path
     try:
         with plan.fs.open(path, "rb") as handle:
-            return pq.read_table(handle, columns=columns)
+            parquet = pq.ParquetFile(handle)
+            if not shard.filter_seq:
+                return parquet.read(columns=columns)
+            return parquet.read_row_groups(_selected_row_groups(parquet, plan.spec.seqs), columns=columns)
     except Exception as error:  # keep the type (FileNotFoundError, ArrowInvalid, ...), name the shard
         error.add_note(f"while streaming shard {path} of {plan.spec.harvest}")
         raise
+
+
+def _selected_row_groups(parquet: pq.ParquetFile, seqs: SeqSelection) -> list[int]:
+    """Row groups whose seq_id statistics may hold a selected context (all of those without statistics).
+
+    Aligned shards were written by the same code from the same rows, so they get the same groups
+    (and _read_shard checks their row counts agree)."""
+    column = parquet.schema_arrow.get_field_index("seq_id")
+    groups = []
+    for index in range(parquet.metadata.num_row_groups):
+        stats = parquet.metadata.row_group(index).column(column).statistics
+        if stats is None or not stats.has_min_max or seqs.count_in(int(stats.min), int(stats.max) + 1) > 0:
+            groups.append(index)
+    return groups
 
 
 def _keep_mask(plan: _Plan, shard: _Shard, table: Any) -> np.ndarray | None:
@@ -178,9 +191,8 @@ def _keep_mask(plan: _Plan, shard: _Shard, table: Any) -> np.ndarray | None:
     if plan.spec.exclude_special:
         keep = ~table.column("special").to_numpy()
     if shard.filter_seq:
-        seq_N = table.column("seq_id").to_numpy()
-        in_range = (seq_N >= plan.spec.seq_range[0]) & (seq_N < plan.spec.seq_range[1])
-        keep = in_range if keep is None else keep & in_range
+        selected_N = plan.spec.seqs.mask(table.column("seq_id").to_numpy())
+        keep = selected_N if keep is None else keep & selected_N
     return keep
 
 

@@ -12,6 +12,7 @@ from infra.lm.hookpoints import resolve_hookpoints
 from infra.lm.models import ModelRef, load_model_config, model_facts
 from infra.storage import join
 from sae_core import TrainConfig
+from sae_core.config import scaled_dead_window
 from sae_core.crosscoder_config import CrosscoderConfig
 
 
@@ -73,6 +74,7 @@ def plan_diff(spec: Mapping[str, Any], harvests: list[str], d_model: int) -> Dif
         architecture=spec["architecture"], n_sources=len(spec["models"]), d_in=d_model, expansion_factor=spec["expansion_factor"],
         k=spec["k"], sparsity_coefficient=spec["sparsity_coefficient"], seed=spec["seed"],
         source_normalization=spec["source_normalization"],
+        dead_after_tokens=scaled_dead_window(spec["train_tokens"]),  # AuxK engages in short runs too (sae_core.config)
     )
     total_steps = spec["train_tokens"] // spec["batch_size"]
     if total_steps < 1:

@@ -13,8 +13,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from infra.activations.store import read_manifest
-from infra.activations.stream import StreamSpec, iter_batches, split_eval
+from infra.activations.stream import SeqSelection, StreamSpec, iter_batches, split_eval
 from infra.diff.crosscoder_store import save_crosscoder
 from infra.diff.plan import DiffPlan
 from infra.diff.report import first_present_histogram, latent_scaling_scatter, latents_frame, relative_norm_histogram
@@ -43,11 +42,11 @@ class CrosscoderWorker:
         self.plan = plan
         self.device = pick_device()
 
-    def _stream(self, seq_range: tuple[int, int], training: bool) -> StreamSpec:
+    def _stream(self, seqs: SeqSelection, training: bool) -> StreamSpec:
         plan = self.plan
         return StreamSpec(
             harvest=plan.harvests[0], hookpoint=plan.hookpoint, batch_size=plan.batch_size, seed=plan.seed,
-            seq_range=seq_range, loop=training, drop_last=training, aligned_harvests=tuple(plan.harvests[1:]),
+            seqs=seqs, loop=training, drop_last=training, aligned_harvests=tuple(plan.harvests[1:]),
             shuffle_buffer=plan.shuffle_buffer if training else 0,
         )
 
@@ -56,7 +55,7 @@ class CrosscoderWorker:
         plan = self.plan
         if diff_done(plan):
             return read_json(plan.uri(SUMMARY_FILE))
-        train_range, eval_range = split_eval(read_manifest(plan.harvests[0]), plan.eval_contexts)
+        train_range, eval_range = split_eval(plan.harvests[0], plan.eval_contexts)
         job = TrainingJob(plan.diff_id, plan.crosscoder_config, plan.train_config, plan.uri("checkpoint"))
         stream_from = lambda start: iter_batches(self._stream(train_range, training=True), start_batch=start)  # noqa: E731
         fitted = fit_jobs([job], stream_from, self.device, plan.checkpoint_every)[0]
@@ -66,7 +65,7 @@ class CrosscoderWorker:
         return self._write_diff(fitted.trainer, fitted.history, eval_range)
 
     @torch.no_grad()
-    def _write_diff(self, trainer: SaeTrainer, history: list[dict[str, float]], eval_range: tuple[int, int]) -> dict[str, Any]:
+    def _write_diff(self, trainer: SaeTrainer, history: list[dict[str, float]], eval_range: SeqSelection) -> dict[str, Any]:
         plan, crosscoder = self.plan, trainer.sae.eval()
         x_BMD = torch.cat([batch.to(self.device) for batch in iter_batches(self._stream(eval_range, training=False))])
         acts_BF = crosscoder.encode(x_BMD)

@@ -65,7 +65,7 @@ def read_table(uri: str) -> pd.DataFrame:
 def load_latent_rows(plan: FeaturesPlan, name: str, d_sae: int, context_length: int) -> tuple[LatentRows, int]:
     """(all of one SAE's non-zeros, tokens encoded) from the committed shards, each file validated."""
     parts, tokens = [], 0
-    schema = latent_frame_schema(d_sae, plan.seq_range, context_length)
+    schema = latent_frame_schema(d_sae, plan.seqs, context_length)
     for shard in plan.shards:
         record = read_json(shard_marker(plan.features, shard))
         uri = join(plan.features, record["files"][name]["path"])

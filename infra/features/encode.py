@@ -12,7 +12,6 @@ import time
 from typing import Any
 
 import numpy as np
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
@@ -35,12 +34,11 @@ def read_shard_rows(plan: FeaturesPlan, manifest: dict[str, Any], shard: int) ->
     fs, path = filesystem(join(plan.harvest, entry["path"]))
     with fs.open(path, "rb") as handle:
         table = pq.read_table(handle, columns=["seq_id", "pos", "special", "activation"])
-    start, stop = plan.seq_range
-    keep = pc.and_(pc.greater_equal(table["seq_id"], start), pc.less(table["seq_id"], stop))
+    keep_N = plan.seqs.mask(table["seq_id"].to_numpy())
     if plan.exclude_special:
         # BOS/EOS rows are outliers the SAEs never trained on; their latents would crowd every top list.
-        keep = pc.and_(keep, pc.invert(table["special"]))
-    table = table.filter(keep)
+        keep_N &= ~table["special"].to_numpy(zero_copy_only=False)
+    table = table.filter(keep_N)
     return table["seq_id"].to_numpy(), table["pos"].to_numpy(), activations_numpy(table).astype(np.float32)
 
 

@@ -25,6 +25,7 @@ import pyarrow as arrow
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from infra.activations.split import SeqSelection
 from infra.features.inputs import FeaturesInputError, check_latent
 from infra.storage import filesystem, join, read_json, write_bytes_atomic
 
@@ -38,12 +39,13 @@ def latent_key(sae: str, shard: int) -> str:
     return f"{LATENTS_DIR}/sae={sae}/part-{shard:05d}.parquet"
 
 
-def latent_frame_schema(d_sae: int, seq_range: tuple[int, int], context_length: int) -> pa.DataFrameSchema:
+def latent_frame_schema(d_sae: int, seqs: SeqSelection, context_length: int) -> pa.DataFrameSchema:
     """pandera schema of a latent file: indices in range, strictly positive finite values."""
     return pa.DataFrameSchema(
         {
             "latent": pa.Column("int32", pa.Check.in_range(0, d_sae - 1)),
-            "seq_id": pa.Column("int64", pa.Check.in_range(seq_range[0], seq_range[1] - 1)),
+            "seq_id": pa.Column("int64", [pa.Check.ge(0), pa.Check(lambda s: pd.Series(seqs.mask(s.to_numpy()), index=s.index),
+                                                                    error=f"seq_id in {seqs.describe()}")]),
             "pos": pa.Column("int32", pa.Check.in_range(0, context_length - 1)),
             "value": pa.Column("float32", [pa.Check.gt(0), pa.Check(lambda s: np.isfinite(s), element_wise=False)]),
         },

@@ -1,6 +1,6 @@
 """The features stage's plan: which SAEs, which rows, every setting, and the id they hash to.
 
-features_id = slug + hash of: the harvest id, the hookpoint, the seq_id range, whether special
+features_id = slug + hash of: the harvest id, the hookpoint, the contexts read (held-out seq_ids), whether special
 tokens are skipped, each SAE's name and a hash of its weights and cfg.json (an SAE retrained in
 place is a new input), and every knob of the examples, histograms, logit lens and ablations.
 """
@@ -11,6 +11,7 @@ import hashlib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from infra.activations.split import SeqSelection, split_eval
 from infra.activations.store import MANIFEST_FILE, read_manifest
 from infra.features.inputs import CFG_FILE, FeaturesInputError, check_one_hookpoint, check_sae_fits, sae_name
 from infra.ids import spec_id
@@ -58,13 +59,16 @@ class FeaturesPlan:
     harvest_id: str
     model: str
     hookpoint: str
-    seq_range: tuple[int, int]
+    seqs: SeqSelection
+    """The contexts read: a sweep's held-out contexts for the same number (split_eval), or all."""
+    contexts: int
+    """How many contexts seqs selects."""
     exclude_special: bool
     encode_batch: int
     saes: list[dict[str, Any]]
     """One dict per SAE: name, uri, d_sae, weights_hash."""
     shards: list[int]
-    """Harvest shard indices that hold contexts inside seq_range."""
+    """Harvest shard indices that hold selected contexts."""
     settings: FeatureSettings = field(default_factory=FeatureSettings)
 
     def to_dict(self) -> dict[str, Any]:
@@ -86,12 +90,13 @@ def sae_dirs(uri: str) -> list[str]:
     return found
 
 
-def seq_range_for(manifest: dict[str, Any], contexts: int) -> tuple[int, int]:
-    """The last `contexts` contexts (the sweep's held-out split for the same number), or all for 0."""
+def seqs_for(harvest: str, manifest: dict[str, Any], contexts: int) -> SeqSelection:
+    """The held-out contexts a sweep with eval_contexts=contexts evaluates on (never trained on), or all for 0."""
     total = int(manifest["num_contexts"])
-    if contexts < 0 or contexts > total:
-        raise FeaturesInputError(f"contexts={contexts}: the harvest {manifest['harvest_id']} has {total} contexts (0 = all)")
-    return (0, total) if contexts == 0 else (total - contexts, total)
+    if contexts < 0 or contexts >= total:
+        raise FeaturesInputError(f"contexts={contexts}: the harvest {manifest['harvest_id']} has {total} contexts; "
+                                 f"0 (all) or a held-out split of 1..{total - 1}")
+    return SeqSelection((), complement=True) if contexts == 0 else split_eval(harvest, contexts)[1]
 
 
 def plan_features(
@@ -113,15 +118,17 @@ def plan_features(
     if len({e["name"] for e in entries}) != len(entries):
         raise FeaturesInputError(f"saes {saes}: two SAE directories share a name")
     hook = check_one_hookpoint(hooks)
-    seq_range = seq_range_for(manifest, contexts)
-    shards = [s["index"] for s in manifest["shards"] if s["seq_start"] < seq_range[1] and s["seq_stop"] > seq_range[0]]
+    seqs = seqs_for(harvest, manifest, contexts)
+    shards = [s["index"] for s in manifest["shards"] if seqs.count_in(s["seq_start"], s["seq_stop"]) > 0]
     identity = {
-        "harvest_id": manifest["harvest_id"], "hookpoint": hook, "seq_range": list(seq_range), "exclude_special": exclude_special,
+        "harvest_id": manifest["harvest_id"], "hookpoint": hook, "seq_ids": sorted(seqs.ids), "complement": seqs.complement,
+        "exclude_special": exclude_special,
         "saes": sorted((e["name"], e["weights_hash"]) for e in entries), "settings": asdict(settings),
     }
     features_id = spec_id(f"{entries[0]['name'] if len(entries) == 1 else 'sweep'}-features", identity)
     return FeaturesPlan(
         features_id=features_id, features=join(root, "features", features_id), harvest=harvest, harvest_id=manifest["harvest_id"],
-        model=manifest["model"], hookpoint=hook, seq_range=seq_range, exclude_special=exclude_special, encode_batch=encode_batch,
+        model=manifest["model"], hookpoint=hook, seqs=seqs,
+        contexts=seqs.count(int(manifest["num_contexts"])), exclude_special=exclude_special, encode_batch=encode_batch,
         saes=entries, shards=shards, settings=settings,
     )

@@ -36,7 +36,7 @@ def link_from_sweep_report(plan: FeaturesPlan, browser: str) -> str | None:
         return None
     text = read_bytes(report).decode()
     target = os.path.relpath(browser, posixpath.dirname(report)) if "://" not in browser else browser
-    line = f"- [{plan.features_id}]({target}): {len(plan.saes)} SAEs on {plan.seq_range[1] - plan.seq_range[0]} contexts\n"
+    line = f"- [{plan.features_id}]({target}): {len(plan.saes)} SAEs on {plan.contexts} contexts\n"
     body, _, section = text.partition(SECTION)
     kept = [entry for entry in section.splitlines(keepends=True) if entry.strip() and f"[{plan.features_id}]" not in entry]
     write_bytes_atomic(report, (body + SECTION + "".join(kept) + line).encode())

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from infra.activations.schemas import validate_tokens_table
 from infra.activations.store import (
     MANIFEST_FILE,
     MANIFEST_FORMAT_VERSION,
@@ -76,7 +77,9 @@ def plan_harvest(
         tokens = pack_tokens(token_spec, load_tokenizer(token_spec.tokenizer))
         if int(tokens.token_ids_NS.max()) >= facts.vocab_size:
             raise HarvestSpecError(f"tokenizer {token_spec.tokenizer} produces ids >= {model}'s vocab_size {facts.vocab_size}")
-        write_parquet_atomic(tokens_uri, token_table(tokens), compression="zstd")
+        table = token_table(tokens)
+        validate_tokens_table(tokens_uri, table, token_spec.num_contexts, token_spec.context_length, facts.vocab_size)
+        write_parquet_atomic(tokens_uri, table, compression="zstd")
     ref = ModelRef.parse(model)
     return HarvestJob(
         harvest_id=harvest_id,

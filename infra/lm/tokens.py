@@ -2,7 +2,9 @@
 
 A TokenSpec (source, tokenizer, context length, number of tokens, seed) always yields the same
 token matrix, so every hookpoint and every model harvested from it sees identical rows: shard i
-of two checkpoints is row-aligned.
+of two checkpoints is row-aligned. Every token also carries the index of the document it came
+from (the corpus's fixed order), so a held-out split can keep whole documents on one side
+(infra.activations.split).
 """
 
 from __future__ import annotations
@@ -122,6 +124,13 @@ class TokenSet:
     """[contexts, context_length] int32."""
     special_NS: np.ndarray
     """[contexts, context_length] bool: BOS/EOS/padding positions to exclude from training."""
+    doc_id_NS: np.ndarray
+    """[contexts, context_length] int64: the document each token came from (index in iter_documents order);
+    an EOS belongs to the document it ends, a BOS to the context's first body token. Non-decreasing along
+    a context, and across contexts in seq_id order (contexts keep corpus order)."""
+    chunk_id_N: np.ndarray
+    """[contexts] int64: each context's chunk of the corpus's token stream (contexts are a seeded sample of the
+    chunks, kept in stream order); consecutive chunk ids are contiguous text."""
 
 
 def pack_tokens(spec: TokenSpec, tokenizer: Any) -> TokenSet:
@@ -132,10 +141,13 @@ def pack_tokens(spec: TokenSpec, tokenizer: Any) -> TokenSet:
     # Read 2x what is needed (when the corpus has it) so the shuffle mixes more than one prefix.
     wanted = 2 * spec.num_contexts * body
     stream: list[int] = []
+    doc_lengths: list[int] = []  # tokens each document added to the stream (its EOS included)
     for document in iter_documents(spec.source, spec.text_column):
+        before = len(stream)
         stream.extend(tokenizer(document, add_special_tokens=False)["input_ids"])
         if eos_id is not None:
             stream.append(eos_id)
+        doc_lengths.append(len(stream) - before)
         if len(stream) >= wanted:
             break
     available = len(stream) // body
@@ -145,20 +157,22 @@ def pack_tokens(spec: TokenSpec, tokenizer: Any) -> TokenSet:
             f"the spec needs {spec.num_contexts} (num_tokens={spec.num_tokens})"
         )
     bodies_NS = np.asarray(stream[: available * body], dtype=np.int32).reshape(available, body)
-    order = np.random.default_rng(spec.seed).permutation(available)[: spec.num_contexts]
-    bodies_NS = bodies_NS[np.sort(order)]
+    docs_NS = np.repeat(np.arange(len(doc_lengths), dtype=np.int64), doc_lengths)[: available * body].reshape(available, body)
+    order = np.sort(np.random.default_rng(spec.seed).permutation(available)[: spec.num_contexts])
+    bodies_NS, docs_NS = bodies_NS[order], docs_NS[order]
     if spec.prepend_bos:
         bos_N1 = np.full((spec.num_contexts, 1), bos_id, dtype=np.int32)
         bodies_NS = np.concatenate([bos_N1, bodies_NS], axis=1)
+        docs_NS = np.concatenate([docs_NS[:, :1], docs_NS], axis=1)  # the BOS opens the context's first document
     special_ids = np.asarray(sorted(set(tokenizer.all_special_ids)), dtype=np.int32)
     special_NS = np.isin(bodies_NS, special_ids)
     if spec.prepend_bos:
         special_NS[:, 0] = True
-    return TokenSet(bodies_NS, special_NS)
+    return TokenSet(bodies_NS, special_NS, docs_NS, order.astype(np.int64))
 
 
 def token_table(tokens: TokenSet) -> pa.Table:
-    """Arrow table of a token set: one row per token (seq_id, pos, token_id, special), in order.
+    """Arrow table of a token set: one row per token (seq_id, pos, token_id, special, doc_id, chunk_id), in order.
 
     The same keys and id columns as an activation shard, so any engine joins the two on (seq_id, pos).
     """
@@ -169,6 +183,8 @@ def token_table(tokens: TokenSet) -> pa.Table:
             "pos": pa.array(np.tile(np.arange(length, dtype=np.int32), num)),
             "token_id": pa.array(tokens.token_ids_NS.reshape(-1).astype(np.int32)),
             "special": pa.array(tokens.special_NS.reshape(-1).astype(bool)),
+            "doc_id": pa.array(tokens.doc_id_NS.reshape(-1).astype(np.int64)),
+            "chunk_id": pa.array(np.repeat(tokens.chunk_id_N.astype(np.int64), length)),
         }
     )
 
@@ -178,6 +194,8 @@ def tokens_from_table(table: pa.Table) -> TokenSet:
     length = int(table.column("pos").to_numpy().max()) + 1
     ids = table.column("token_id").to_numpy().astype(np.int32)
     special = table.column("special").to_numpy(zero_copy_only=False).astype(bool)
+    docs = table.column("doc_id").to_numpy().astype(np.int64)
+    chunks = table.column("chunk_id").to_numpy().astype(np.int64)
     if ids.size % length:
         raise ValueError(f"token table of {ids.size} rows is not whole contexts of {length} tokens")
-    return TokenSet(ids.reshape(-1, length), special.reshape(-1, length))
+    return TokenSet(ids.reshape(-1, length), special.reshape(-1, length), docs.reshape(-1, length), chunks[::length])

@@ -50,7 +50,8 @@ class SteerSettings:
     ablation_modes: list[str] = field(default_factory=lambda: ["zero"])
     ablation_latents: list[int] = field(default_factory=list)
     contexts: int = 8
-    """The harvest's last N contexts evaluate the ablations (the prompts do when no harvest is given)."""
+    """The harvest's held-out split for N contexts (a sweep's with eval_contexts=N) evaluates the ablations (the prompts do
+    when no harvest is given)."""
     stat_rows: int = 4096
     """Harvest rows the mean / resample statistics are taken over."""
 

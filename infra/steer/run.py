@@ -101,14 +101,17 @@ class Steerer:
         return pd.DataFrame(rows).astype({"prompt_index": "int32"})
 
     def eval_sequences(self, prompts: list[list[int]]) -> list[list[int]]:
-        """The harvest's last `contexts` contexts when there is a harvest, else the prompts."""
+        """The harvest's held-out contexts (split_eval with eval_contexts=contexts: what a sweep evaluates on) when there is a harvest, else the prompts."""
         if self.plan.harvest is None:
             return prompts
+        from infra.activations.split import split_eval
         from infra.activations.store import read_tokens_table
         from infra.lm.tokens import tokens_from_table
 
         token_ids_NS = tokens_from_table(read_tokens_table(self.plan.harvest)).token_ids_NS
-        return [row.tolist() for row in token_ids_NS[-self.plan.settings.contexts :]]
+        held_out = split_eval(self.plan.harvest, self.plan.settings.contexts)[1]
+        # ids keep their random draw order, so the first `contexts` are a sample of the held-out ones (exactly that many).
+        return [token_ids_NS[i].tolist() for i in sorted(held_out.ids[: self.plan.settings.contexts])]
 
     def stats_rows(self, sequences: list[list[int]]) -> torch.Tensor:
         """[M, D] activations the mean / resample ablations draw on: the harvest's, else the sequences' own."""

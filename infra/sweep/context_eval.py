@@ -3,7 +3,7 @@
 The evaluation stream (infra.activations.stream) yields rows without saying which context they
 came from, which is all the point estimates need; an interval needs the unit that varies
 together, the context. This reads the held-out contexts' rows with their seq_id (the same rows
-the stream reads: non-special positions of the eval range), sums per context what explained
+the stream reads: non-special positions of the held-out contexts), sums per context what explained
 variance is built from, and resamples contexts (sae_core.bootstrap).
 """
 
@@ -14,18 +14,21 @@ import pyarrow.dataset as ds
 import torch
 from torch import Tensor
 
+from infra.activations.split import SeqSelection
 from infra.activations.store import activations_numpy, open_activations
 from sae_core.base import SparseCoder
 from sae_core.bootstrap import bootstrap_interval, explained_variance_statistic, point_estimate
 
 
-def context_rows(harvest: str, hookpoint: str, seq_range: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """(seq_id_N, x_ND float32) of the non-special rows of contexts in [start, stop)."""
-    start, stop = seq_range
-    rows = (ds.field("seq_id") >= start) & (ds.field("seq_id") < stop) & ~ds.field("special")
+def context_rows(harvest: str, hookpoint: str, held_out: SeqSelection) -> tuple[np.ndarray, np.ndarray]:
+    """(seq_id_N, x_ND float32) of the non-special rows of the held-out contexts."""
+    if held_out.complement:
+        raise ValueError(f"{harvest}: context_rows reads held-out contexts, not {held_out.describe()}")
+    # The seq_id filter is pushed down to row-group statistics, so shards without a held-out context are skipped.
+    rows = ds.field("seq_id").isin(list(held_out.ids)) & ~ds.field("special")
     table = open_activations(harvest, hookpoint).to_table(columns=["seq_id", "activation"], filter=rows)
     if table.num_rows == 0:
-        raise ValueError(f"{harvest} hookpoint {hookpoint}: no non-special rows in contexts {start}..{stop - 1} to evaluate")
+        raise ValueError(f"{harvest} hookpoint {hookpoint}: no non-special rows in {held_out.describe()} to evaluate")
     return table.column("seq_id").to_numpy(), activations_numpy(table).astype(np.float32)
 
 
@@ -59,9 +62,9 @@ def reconstruction_sums(sae: SparseCoder, seq_id_N: np.ndarray, x_ND: np.ndarray
     return sums
 
 
-def explained_variance_interval(sae: SparseCoder, harvest: str, hookpoint: str, seq_range: tuple[int, int]) -> dict[str, float]:
+def explained_variance_interval(sae: SparseCoder, harvest: str, hookpoint: str, held_out: SeqSelection) -> dict[str, float]:
     """Explained variance over the held-out contexts (pooled mean) with its bootstrap interval over contexts."""
-    sums = reconstruction_sums(sae, *context_rows(harvest, hookpoint, seq_range))
+    sums = reconstruction_sums(sae, *context_rows(harvest, hookpoint, held_out))
     low, high = bootstrap_interval(sums, explained_variance_statistic)
     return {
         "explained_variance_pooled": point_estimate(sums, explained_variance_statistic),

@@ -18,23 +18,27 @@ from infra.ids import spec_id
 from infra.storage import join
 from infra.training.group import GroupMember
 from sae_core import SaeConfig, TrainConfig
-from sae_core.config import K_ARCHITECTURES
+from sae_core.config import K_ARCHITECTURES, scaled_dead_window
 
 PENALTY_ARCHITECTURES = ("relu", "jumprelu", "gated")
-ARCHITECTURE_KNOBS = ("matryoshka_prefix_fractions", "deep_encoder_depth", "deep_decoder_depth", "deep_width")
-"""Sweep settings (one value per sweep) that only one architecture reads; see architecture_knobs."""
+ARCHITECTURE_KNOBS = ("matryoshka_prefix_fractions", "deep_encoder_depth", "deep_decoder_depth", "deep_width", "dead_window_tokens")
+"""Sweep settings (one value per sweep, not grid axes) that go into the SAE configs, so into every sae_id; all but
+dead_window_tokens are read by one architecture only. See architecture_knobs."""
 
 
 def architecture_knobs(architecture: str, axes: dict[str, Any], d_sae: int) -> dict[str, Any]:
-    """SaeConfig fields of an architecture's own knobs (none for the others, so their ids stay put).
+    """SaeConfig fields of the sweep-wide knobs an architecture reads (none of another's, so its ids stay put).
 
     Matryoshka prefixes are given as fractions of d_sae so one setting serves every expansion factor.
+    dead_window_tokens (resolved by plan_sweep: given, or scaled_dead_window of the run) is every
+    architecture's dead-latent window: AuxK's for the k kinds, dead_fraction's for all.
     """
+    knobs = {"dead_after_tokens": axes["dead_window_tokens"]} if axes.get("dead_window_tokens") is not None else {}
     if architecture == "matryoshka_batchtopk" and "matryoshka_prefix_fractions" in axes:
-        return {"matryoshka_prefixes": tuple(max(1, round(f * d_sae)) for f in axes["matryoshka_prefix_fractions"])}
+        knobs["matryoshka_prefixes"] = tuple(max(1, round(f * d_sae)) for f in axes["matryoshka_prefix_fractions"])
     if architecture == "deep_topk":
-        return {key: axes[key] for key in ("deep_encoder_depth", "deep_decoder_depth", "deep_width") if key in axes}
-    return {}
+        knobs.update({key: axes[key] for key in ("deep_encoder_depth", "deep_decoder_depth", "deep_width") if key in axes})
+    return knobs
 
 
 @dataclass
@@ -56,7 +60,7 @@ class SweepPlan:
     points: list[GroupMember]
     """One per grid point: its sae_id, configs and storage locations."""
     eval_contexts: int
-    """Held-out contexts: moves the train/eval split, so both training data and metrics."""
+    """Held-out contexts (whole documents, infra.activations.split): moves the split, so both training data and metrics."""
     splice_contexts: int
     """Held-out contexts scored by splicing into the model (CE loss recovered, KL); 0 skips it."""
     shuffle_buffer: int
@@ -233,10 +237,14 @@ def plan_sweep(
     if batch_size < 1 or train_tokens < batch_size:
         raise SweepSpecError(f"train_tokens={train_tokens} must be >= batch_size={batch_size} >= 1")
     total_steps = train_tokens // batch_size
-    grid = expand_grid(axes, manifest["d_model"], total_steps, warmup_steps, autocast_bf16)
-    train_range, _ = split_eval(manifest, eval_contexts)
+    if axes.get("dead_window_tokens") is not None and not axes["dead_window_tokens"] >= 1:
+        raise SweepSpecError(f"dead_window_tokens={axes['dead_window_tokens']!r} is invalid: an integer >= 1 (or null: scaled with the run)")
+    # The dead window scales with the run unless given: a fixed 10M would never let AuxK engage in a short run.
+    window = axes.get("dead_window_tokens") or scaled_dead_window(total_steps * batch_size)
+    grid = expand_grid({**axes, "dead_window_tokens": window}, manifest["d_model"], total_steps, warmup_steps, autocast_bf16)
+    train_seqs, _ = split_eval(harvest, eval_contexts)
     # The training stream's own row count (BOS/EOS dropped, as it drops them): one epoch.
-    train_rows = count_rows(StreamSpec(harvest=harvest, hookpoint=hookpoint, batch_size=batch_size, seq_range=train_range, loop=True))
+    train_rows = count_rows(StreamSpec(harvest=harvest, hookpoint=hookpoint, batch_size=batch_size, seqs=train_seqs, loop=True))
     plan = SweepPlan(
         sweep_id="", root=root, harvest=harvest, harvest_id=manifest["harvest_id"], hookpoint=hookpoint, d_in=manifest["d_model"],
         batch_size=batch_size, total_steps=total_steps, points=[], eval_contexts=eval_contexts, splice_contexts=splice_contexts,

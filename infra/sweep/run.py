@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from infra.activations.store import read_manifest, read_tokens_table
-from infra.activations.stream import StreamSpec, iter_batches, split_eval
+from infra.activations.stream import SeqSelection, StreamSpec, iter_batches, split_eval
 from infra.cost import device_label, record_rate
 from infra.lm.models import load_model, model_provenance
 from infra.lm.splice_eval import splice_metrics
@@ -43,17 +43,17 @@ class TrainGroupWorker:
         self.groups = groups
         self.device = pick_device()
         self.manifest = read_manifest(self.plan.harvest)
-        self.train_range, self.eval_range = split_eval(self.manifest, self.plan.eval_contexts)
+        self.train_range, self.eval_range = split_eval(self.plan.harvest, self.plan.eval_contexts)
         self._model: torch.nn.Module | None = None
 
-    def _stream(self, seq_range: tuple[int, int], training: bool, seed: int) -> StreamSpec:
+    def _stream(self, seqs: SeqSelection, training: bool, seed: int) -> StreamSpec:
         # Evaluation reads every held-out row once, unshuffled; training loops, shuffled, in full batches.
         return StreamSpec(
             harvest=self.plan.harvest,
             hookpoint=self.plan.hookpoint,
             batch_size=self.plan.batch_size,
             seed=seed,
-            seq_range=seq_range,
+            seqs=seqs,
             loop=training,
             drop_last=training,
             shuffle_buffer=self.plan.shuffle_buffer if training else 0,
@@ -71,10 +71,9 @@ class TrainGroupWorker:
         if self._model is None:
             self._model, _ = load_model(self.manifest["model"], device=self.device)
         tokens = tokens_from_table(read_tokens_table(self.plan.harvest))
-        start, stop = self.eval_range
-        stop = min(stop, start + self.plan.splice_contexts)
+        rows = list(self.eval_range.ids[: self.plan.splice_contexts])  # a random sample of the held-out contexts
         return splice_metrics(
-            self._model, self.plan.hookpoint, sae.to(self.device), tokens.token_ids_NS[start:stop], tokens.special_NS[start:stop],
+            self._model, self.plan.hookpoint, sae.to(self.device), tokens.token_ids_NS[rows], tokens.special_NS[rows],
             target_ci_width=self.plan.splice_ci_width,
         )
 

@@ -31,6 +31,8 @@ def results_schema() -> pa.DataFrameSchema:
             "explained_variance": pa.Column(float, pa.Check.le(1.0), nullable=True, required=False),
             "l0": pa.Column(float, pa.Check.ge(0), nullable=True, required=False),
             "dead_fraction": pa.Column(float, fraction, nullable=True, required=False),
+            # The tokens dead_fraction was measured on: the last min(dead window, trained) training tokens.
+            "dead_fraction_tokens": pa.Column(float, pa.Check.ge(1), nullable=True, required=False),
             "dense_fraction": pa.Column(float, fraction, nullable=True, required=False),
             "l2_ratio": pa.Column(float, pa.Check.ge(0), nullable=True, required=False),
             "device_seconds": pa.Column(float, pa.Check.ge(0), nullable=True, required=False),
@@ -45,6 +47,11 @@ def results_schema() -> pa.DataFrameSchema:
             pa.Check(
                 lambda df: (df["status"] == "failed") | df.get("explained_variance", pd.Series(float("nan"), index=df.index)).notna(),
                 error="every finished point has metrics",
+            ),
+            pa.Check(
+                lambda df: (df["status"] == "failed") | df.get("dead_fraction", pd.Series(float("nan"), index=df.index)).isna()
+                | df.get("dead_fraction_tokens", pd.Series(float("nan"), index=df.index)).notna(),
+                error="every dead_fraction says how many tokens it was measured on (dead_fraction_tokens)",
             ),
             pa.Check(
                 lambda df: df["k"].isna() == ~df["architecture"].isin(K_ARCHITECTURES),

@@ -110,7 +110,7 @@ def train_group(
             log.warning("%s failed: %s", member.sae_id, trainer.failure)
             write_json_atomic(join(member.sae_uri, FAILED_FILE), {"failed_step": trainer.step, "reason": trainer.failure, "history": history})
             continue
-        metrics, stats = evaluate_sae(trainer.sae, eval_batches())
+        metrics, stats = evaluate_sae(trainer.sae, eval_batches(), trained_tokens=trainer.tokens_seen)
         if extra_eval is not None:
             metrics.update(extra_eval(trainer.sae))
         metrics.update(

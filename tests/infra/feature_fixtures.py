@@ -43,7 +43,8 @@ def write_synthetic_harvest(root: str, truth: SyntheticFeatures, coef_TN: np.nda
         table = shard_table(seq_N, pos_N, np.zeros(len(seq_N), np.int32), np.zeros(len(seq_N), bool), acts_TD[rows], schema)
         files = {SYNTH_HOOK: write_shard_file(harvest, SYNTH_HOOK, index, table)}
         shards.append({"index": index, "rows": len(seq_N), "seq_start": start, "seq_stop": stop, "files": files})
-    tokens = TokenSet(np.zeros((contexts, context), np.int32), np.zeros((contexts, context), bool))
+    one_document_each_NS = np.repeat(np.arange(contexts, dtype=np.int64)[:, None], context, axis=1)
+    tokens = TokenSet(np.zeros((contexts, context), np.int32), np.zeros((contexts, context), bool), one_document_each_NS, np.arange(contexts, dtype=np.int64))
     import io
 
     import pyarrow.parquet as pq

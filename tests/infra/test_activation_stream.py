@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 import torch
 
+import infra.activations.stream as stream_module
+from infra.activations.split import SeqSelection
 from infra.activations.store import harvest_uri, shard_schema, shard_table, write_manifest, write_shard_file
-from infra.activations.stream import THREAD_PREFIX, StreamSpec, StreamSpecError, iter_batches, split_eval
+from infra.activations.stream import THREAD_PREFIX, StreamSpec, StreamSpecError, count_rows, iter_batches
 from tests.infra.fake_harvest import HOOKPOINTS, write_fake_harvest
 
 SHARDS, CONTEXTS_PER_SHARD, CONTEXT, D = 8, 4, 16, 4
@@ -95,15 +97,38 @@ def test_fake_harvest_in_float16(tmp_path):
     assert sorted(zip(seq.astype(int), pos.astype(int))) == [(s, p) for s in range(6) for p in range(1, 4)]
 
 
-def test_seq_range_and_split_eval(coded):
-    train_range, eval_range = split_eval({"num_contexts": CONTEXTS}, holdout_contexts=6)
-    assert (train_range, eval_range) == ((0, 26), (26, 32))
-    train = keys(rows_of(iter_batches(spec(coded, seq_range=train_range, batch_size=14))))
-    held = keys(rows_of(iter_batches(spec(coded, seq_range=eval_range, batch_size=14))))
-    assert {s for s, _ in train} == set(range(26)) and len(train) == 26 * 14
-    assert {s for s, _ in held} == set(range(26, 32)) and len(held) == 6 * 14
-    with pytest.raises(StreamSpecError, match=r"holdout_contexts=32 is invalid: an integer in 1\.\.31"):
-        split_eval({"num_contexts": CONTEXTS}, 32)
+HELD = (29, 3, 4, 17, 30, 31)
+"""Scattered held-out seq_ids: shards 0 and 1 partly, 4 partly, 7 in part (30, 31 of 28..31)."""
+
+
+def test_seq_selection_and_its_complement_partition_the_rows(coded):
+    held_out, train = SeqSelection(HELD), SeqSelection(HELD, complement=True)
+    held = keys(rows_of(iter_batches(spec(coded, seqs=held_out, batch_size=14))))
+    trained = keys(rows_of(iter_batches(spec(coded, seqs=train, batch_size=14))))
+    assert {s for s, _ in held} == set(HELD) and len(held) == len(set(held)) == 6 * 14
+    assert {s for s, _ in trained} == set(range(CONTEXTS)) - set(HELD) and len(trained) == len(set(trained)) == 26 * 14
+    assert set(held) | set(trained) == KEPT, "the two sides cover every kept row, and nothing twice"
+    assert count_rows(spec(coded, seqs=held_out)) == 6 * 14 and count_rows(spec(coded, seqs=train)) == 26 * 14
+
+
+def test_a_selection_opens_only_the_shards_it_needs(coded, monkeypatch):
+    opened = []
+    real = stream_module._read_columns
+    monkeypatch.setattr(stream_module, "_read_columns", lambda plan, shard, *a: opened.append(shard.path) or real(plan, shard, *a))
+    list(iter_batches(spec(coded, seqs=SeqSelection((5, 6)), batch_size=4, shuffle_buffer=0)))
+    assert [Path(p).name for p in opened] == ["part-00001.parquet"], "shards without a selected context are not read"
+
+
+@pytest.mark.parametrize("loop", [False, True])
+def test_resumed_selection_stream_continues_exactly(coded, loop):
+    train = spec(coded, seqs=SeqSelection(HELD, complement=True), batch_size=20, loop=loop)
+    total = 40 if loop else 26 * 14 // 20
+    with closing(iter_batches(train)) as full:
+        reference = list(itertools.islice(full, total))
+    for start in (1, 9, total - 1):
+        with closing(iter_batches(train, start_batch=start)) as resumed:
+            tail = list(itertools.islice(resumed, total - start))
+        assert all(torch.equal(a, b) for a, b in zip(tail, reference[start:], strict=True)), start
 
 
 def test_same_spec_same_batches_other_seed_other_batches(coded):
@@ -136,17 +161,17 @@ def test_spec_and_harvest_errors(coded, tmp_path):
         iter_batches(spec(coded, hookpoint="blocks.9.hook_mlp_out"))
     with pytest.raises(StreamSpecError, match=r"StreamSpec\.batch_size=0 is invalid: an integer >= 1"):
         spec(coded, batch_size=0)
-    with pytest.raises(StreamSpecError, match=r"seq_range=\(5, 5\) is invalid"):
-        spec(coded, seq_range=(5, 5))
+    with pytest.raises(StreamSpecError, match=r"StreamSpec\.seqs=\(5, 6\) is invalid: a SeqSelection"):
+        spec(coded, seqs=(5, 6))
     with pytest.raises(FileNotFoundError, match=r"no _manifest\.json"):
         iter_batches(spec(str(tmp_path / "nothing")))
-    with pytest.raises(StreamSpecError, match=r"seq_range=\(40, 50\) selects no rows; the harvest has 32 contexts"):
-        iter_batches(spec(coded, seq_range=(40, 50)))
+    with pytest.raises(StreamSpecError, match=r"2 held-out contexts \(seq_ids \[40, 41\]\.\.\.\) selects no rows; the harvest has 32 contexts"):
+        iter_batches(spec(coded, seqs=SeqSelection((40, 41))))
     with pytest.raises(StreamSpecError, match=r"at most 32 rows .* fewer than batch_size=33"):
-        iter_batches(spec(coded, seq_range=(30, 32), batch_size=33))
+        iter_batches(spec(coded, seqs=SeqSelection((30, 31)), batch_size=33))
     with pytest.raises(ValueError, match=r"28 rows, fewer than batch_size=30; use loop=True"):  # known only after reading `special`
-        list(iter_batches(spec(coded, seq_range=(30, 32), batch_size=30)))
-    with closing(iter_batches(spec(coded, seq_range=(30, 32), batch_size=30, loop=True))) as looping:  # batches span epochs
+        list(iter_batches(spec(coded, seqs=SeqSelection((30, 31)), batch_size=30)))
+    with closing(iter_batches(spec(coded, seqs=SeqSelection((30, 31)), batch_size=30, loop=True))) as looping:  # batches span epochs
         assert [b.shape for b in itertools.islice(looping, 3)] == [(30, D)] * 3
 
 
@@ -168,7 +193,7 @@ def test_reader_error_reaches_the_consumer(tmp_path):
         list(iter_batches(spec(harvest)))
     (shard_dir / "part-00002.parquet").write_bytes(b"not parquet")
     with pytest.raises(Exception) as caught:
-        list(iter_batches(spec(harvest, seq_range=(0, 20))))
+        list(iter_batches(spec(harvest, seqs=SeqSelection(tuple(range(20))))))
     assert any("while streaming shard" in note and "part-00002.parquet" in note for note in caught.value.__notes__)
     assert not stream_threads()
 

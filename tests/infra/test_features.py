@@ -55,7 +55,7 @@ def stage(tiny):
 def dense_rows(plan, hookpoint=TINY_HOOK):
     table = open_activations(plan.harvest, hookpoint).to_table()
     frame = table.select(["seq_id", "pos", "special"]).to_pandas()
-    keep = (frame["seq_id"] >= plan.seq_range[0]) & (frame["seq_id"] < plan.seq_range[1]) & ~frame["special"]
+    keep = plan.seqs.mask(frame["seq_id"].to_numpy()) & ~frame["special"]
     return frame[keep].reset_index(drop=True), activations_numpy(table)[keep.to_numpy()]
 
 

@@ -72,7 +72,7 @@ def expected_context(harvest: str) -> tuple[np.ndarray, np.ndarray]:
 
 def test_layout_keeps_the_glob_to_shards(harvest):
     manifest = read_manifest(harvest)
-    assert manifest["format_version"] == 2 and manifest["tokens_file"] == "tokens.parquet"
+    assert manifest["format_version"] == 3 and manifest["tokens_file"] == "tokens.parquet"
     paths = sorted(str(p.relative_to(harvest)) for p in Path(harvest).rglob("*.parquet"))
     listed = sorted(entry["path"] for shard in manifest["shards"] for entry in shard["files"].values())
     assert paths == sorted([*listed, "tokens.parquet"])
@@ -161,13 +161,14 @@ def test_leftover_temporary_file_does_not_break_the_glob(harvest, tmp_path):
         leftover.unlink()
 
 
-def test_old_layout_is_refused_by_name(harvest, tmp_path):
+@pytest.mark.parametrize(("version", "rule"), [(1, "_tokens.parquet beside the hookpoint= folders"), (2, "tokens.parquet has no doc_id column")])
+def test_old_layout_is_refused_by_name(harvest, tmp_path, version, rule):
     old = tmp_path / "activations" / "old-layout-0123"
     old.mkdir(parents=True)
     manifest = json.loads((Path(harvest) / MANIFEST_FILE).read_text())
-    (old / MANIFEST_FILE).write_text(json.dumps({**manifest, "format_version": 1}))
+    (old / MANIFEST_FILE).write_text(json.dumps({**manifest, "format_version": version}))
     for read in (read_manifest, open_activations):
         with pytest.raises(HarvestFormatError) as caught:
             read(str(old))
         message = str(caught.value)
-        assert "\n" not in message and message.startswith(f"{old}:") and "re-harvest" in message
+        assert "\n" not in message and message.startswith(f"{old}:") and "re-harvest" in message and rule in message

@@ -16,6 +16,7 @@ def row(status: str, ev: float, architecture: str = "topk") -> dict:
         "sae_id": f"{architecture}-{status}-{ev}", "status": status, "architecture": architecture, "d_sae": 64, "expansion_factor": 4.0,
         "k": 4 if uses_k else None, "sparsity_coefficient": None if uses_k else 5.0, "lr": 1e-3, "seed": 0,
         "mse": 1.0 if status == "finished" else math.nan, "explained_variance": ev, "l0": 4.0, "dead_fraction": 0.1,
+        "dead_fraction_tokens": 13_107.0 if status == "finished" else math.nan,
         "dense_fraction": 0.0, "l2_ratio": 0.9, "device_seconds": 1.0, "train_tokens": 100,
         "epochs": 2.5 if status == "finished" else None, "sae_uri": "file:///x", "features_uri": "file:///x.parquet",
     }
@@ -59,3 +60,10 @@ def test_epochs_are_required():
     frame = frame_of(row("finished", 0.8)).drop(columns="epochs")
     with pytest.raises(ValueError, match=r"epochs"):
         validate_results(frame, source="sweep s")
+
+
+def test_a_dead_fraction_must_say_how_many_tokens_it_was_measured_on():
+    with pytest.raises(ValueError, match=r"every dead_fraction says how many tokens it was measured on"):
+        validate_results(frame_of({**row("finished", 0.8), "dead_fraction_tokens": math.nan}), source="sweep s")
+    with pytest.raises(ValueError, match=r"column 'dead_fraction_tokens'"):
+        validate_results(frame_of({**row("finished", 0.8), "dead_fraction_tokens": 0.0}), source="sweep s")

@@ -145,11 +145,13 @@ def test_mean_and_resample_statistics_come_from_the_harvest(tiny, tmp_path):
     assert plan.hookpoint == TINY_HOOK and plan.harvest_id and plan.conditions == []
     run_steer(plan, in_process=True, device="cpu")
     frame = pd.read_parquet(tmp_path / "steer" / plan.steer_id / "hookpoint_ablation.parquet")
+    from infra.activations.split import split_eval
     from infra.activations.store import read_tokens_table
     from infra.lm.tokens import tokens_from_table
 
-    special_NS = tokens_from_table(read_tokens_table(tiny["harvest"])).special_NS[-2:]
-    # The harvest's last two contexts; predictions made from BOS / EOS are not scored.
+    held_out = sorted(split_eval(tiny["harvest"], 2)[1].ids[:2])
+    special_NS = tokens_from_table(read_tokens_table(tiny["harvest"])).special_NS[held_out]
+    # Two of the harvest's held-out contexts (a sweep's split for eval_contexts=2); predictions made from BOS / EOS are not scored.
     assert (frame["n_predictions"] == int((~special_NS[:, :-1]).sum())).all() and len(frame) == 2
 
 

@@ -7,7 +7,7 @@ from dataclasses import fields
 import pytest
 
 import tasks.sweep
-from infra.sweep.grid import CONDITION_FIELDS, NOT_IN_IDS, SweepPlan, expand_grid, plan_sweep
+from infra.sweep.grid import CONDITION_FIELDS, NOT_IN_IDS, SweepPlan, SweepSpecError, expand_grid, plan_sweep
 from sae_core import ConfigError
 from tests.infra.fake_harvest import CONTEXT, CONTEXTS, HOOKPOINTS, write_fake_harvest
 
@@ -132,3 +132,13 @@ def test_deep_and_matryoshka_knobs_change_their_points_ids(harvest, tmp_path):
     assert base["topk"] == changed["topk"]
     assert base["matryoshka_batchtopk"] != changed["matryoshka_batchtopk"]
     assert base["deep_topk"] != changed["deep_topk"]
+
+
+def test_the_dead_window_scales_with_the_run_unless_given_and_enters_the_sae_ids(harvest, tmp_path):
+    scaled = plan_with(harvest, str(tmp_path))
+    assert {p["sae_config"]["dead_after_tokens"] for p in scaled.points} == {4}, "a tenth of the run's 40 tokens"
+    given = plan_with(harvest, str(tmp_path), axes={**SMALL_AXES, "dead_window_tokens": 7})
+    assert {p["sae_config"]["dead_after_tokens"] for p in given.points} == {7}
+    assert not ids(scaled)[1] & ids(given)[1], "every SAE id changes with the window"
+    with pytest.raises(SweepSpecError, match=r"dead_window_tokens=0 is invalid: an integer >= 1"):
+        plan_with(harvest, str(tmp_path), axes={**SMALL_AXES, "dead_window_tokens": 0})
