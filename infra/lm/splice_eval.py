@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from infra.lm.hookpoints import Hookpoint, hooked_module, resolve_hookpoints
+from infra.lm.hookpoints import READS_INPUT, Hookpoint, hooked_module, resolve_hookpoints
 from infra.lm.splice_scores import CI_METRIC, score_interval, summarize
 
 SpliceFn = Callable[[Tensor], Tensor]
@@ -61,8 +61,8 @@ def replacing_activation(model: nn.Module, hookpoint: Hookpoint, edit: Callable[
                              f"the activation {tuple(x_BSD.shape)}; a splice must keep the shape")  # fmt: skip
         return x_new_BSD.to(device=x_BSD.device, dtype=x_BSD.dtype)
 
-    if hookpoint.kind == "resid_pre":
-        # The block's input: GPT-2 / NeoX pass hidden_states positionally, Llama may pass it by keyword.
+    if hookpoint.kind in READS_INPUT:
+        # The block's (MLP's) input: GPT-2 / NeoX pass hidden_states positionally, Llama may pass it by keyword.
         def pre_hook(_m: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
             if args:
                 return (new_value(args[0]), *args[1:]), kwargs
