@@ -53,6 +53,8 @@ class SparseCoder(FiringTracker, nn.Module):
     """Decoder rows are kept at unit norm (False where norms enter the sparsity penalty)."""
     has_sparse_path: ClassVar[bool] = False
     """The architecture implements active_latents / active_losses (see sae_core.sparse_ops)."""
+    paired: ClassVar[bool] = False
+    """Trains on (input, target) pairs: a transcoder (sae_core.transcoder); an SAE reconstructs one activation."""
     use_sparse_kernels: bool = True
     """Train through the sparse path where there is one; False forces the plain dense products
     (same result up to float summation order; the equality tests compare the two)."""

@@ -11,6 +11,7 @@ from sae_core.jumprelu import JumpReluSae
 from sae_core.matryoshka import MatryoshkaBatchTopKSae
 from sae_core.relu import ReluSae
 from sae_core.topk import TopKSae
+from sae_core.transcoder import TRANSCODER_CLASSES
 
 SAE_CLASSES: dict[str, type[SparseCoder]] = {
     cls.architecture: cls
@@ -19,5 +20,7 @@ SAE_CLASSES: dict[str, type[SparseCoder]] = {
 
 
 def build_sae(cfg: SaeConfig) -> SparseCoder:
-    """A freshly initialised SAE of the configured architecture."""
+    """A freshly initialised SAE (or transcoder, by cfg.kind) of the configured architecture."""
+    if cfg.kind != "sae":
+        return TRANSCODER_CLASSES[cfg.architecture](cfg)
     return SAE_CLASSES[cfg.architecture](cfg)
