@@ -58,12 +58,13 @@ class TrainGroupWorker:
             loop=training,
             drop_last=training,
             shuffle_buffer=self.plan.shuffle_buffer if training else 0,
+            target_hookpoint=self.plan.target_hookpoint,  # paired sweeps: (x, y) batches (transcoders)
         )
 
     def _extra_eval(self, sae: SparseCoder) -> dict[str, float]:
         # explained_variance_pooled is explained_variance over the same rows with one pooled mean
         # (the stream's figure averages per-batch values); the interval brackets the pooled one.
-        metrics = explained_variance_interval(sae, self.plan.harvest, self.plan.hookpoint, self.eval_range)
+        metrics = explained_variance_interval(sae, self.plan.harvest, self.plan.hookpoint, self.eval_range, self.plan.target_hookpoint)
         if self.plan.splice_contexts > 0:
             metrics.update(self._splice_eval(sae))
         return metrics
@@ -74,9 +75,11 @@ class TrainGroupWorker:
         tokens = tokens_from_table(read_tokens_table(self.plan.harvest))
         start, stop = self.eval_range
         stop = min(stop, start + self.plan.splice_contexts)
+        # Paired sweeps splice every point at the target (a transcoder from the input: in place of the MLP).
+        spliced, source = self.plan.target_hookpoint or self.plan.hookpoint, self.plan.hookpoint if sae.paired else None
         return splice_metrics(
-            self._model, self.plan.hookpoint, sae.to(self.device), tokens.token_ids_NS[start:stop], tokens.special_NS[start:stop],
-            target_ci_width=self.plan.splice_ci_width,
+            self._model, spliced, sae.to(self.device), tokens.token_ids_NS[start:stop], tokens.special_NS[start:stop],
+            target_ci_width=self.plan.splice_ci_width, source_hookpoint=source,
         )
 
     def train(self, group_index: int) -> list[dict[str, Any]]:
@@ -98,7 +101,8 @@ class TrainGroupWorker:
             checkpoint_every=self.plan.checkpoint_every,
             device=self.device,
             # model_name etc. name the real model (the hub id behind a saeflow alias) so other tools can load it.
-            metadata={"hook_name": self.plan.hookpoint, **model_provenance(self.manifest["model"]), "dataset_path": self.plan.harvest},
+            metadata={"hook_name": self.plan.hookpoint, **model_provenance(self.manifest["model"]), "dataset_path": self.plan.harvest,
+                      **({"hook_name_out": self.plan.target_hookpoint} if self.plan.target_hookpoint else {})},
             extra_eval=self._extra_eval,
             on_step=on_step,
         )
@@ -136,7 +140,7 @@ def run_groups(
     )
 
 
-RESULT_CONFIG_COLUMNS = ("architecture", "d_sae", "expansion_factor", "k", "sparsity_coefficient", "seed")
+RESULT_CONFIG_COLUMNS = ("kind", "architecture", "d_sae", "expansion_factor", "k", "sparsity_coefficient", "seed")
 
 
 def results_frame(plan: SweepPlan) -> pd.DataFrame:
