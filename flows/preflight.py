@@ -209,9 +209,10 @@ def check_sweep(spec: SweepSpec) -> None:
     check_storage(spec.root, "root", spec.storage_secret)
     if not spec.harvest:
         check_harvest(spec.harvest_spec, "harvest_spec.")
-        if spec.hookpoint not in spec.harvest_spec.hookpoints:
-            raise PreflightError("hookpoint", f"{spec.hookpoint!r} is not harvested: not in harvest_spec.hookpoints "
-                                              f"{spec.harvest_spec.hookpoints}")
+        for field in ("hookpoint", "target_hookpoint"):
+            name = getattr(spec, field)
+            if name is not None and name not in spec.harvest_spec.hookpoints:
+                raise PreflightError(field, f"{name!r} is not harvested: not in harvest_spec.hookpoints {spec.harvest_spec.hookpoints}")
         return
     check_storage(spec.harvest, "harvest", spec.storage_secret)
     manifest = local_manifest(spec.harvest)
@@ -221,8 +222,10 @@ def check_sweep(spec: SweepSpec) -> None:
         raise PreflightError("harvest", f"{spec.harvest} has no {MANIFEST_FILE}: run the harvest flow first "
                                         "(`saeflow harvest`; missing or unfinished), or leave harvest empty to run harvest_spec")
     hookpoints = manifest.get("hookpoints") or []
-    if spec.hookpoint not in hookpoints:
-        raise PreflightError("hookpoint", f"{spec.hookpoint!r} was not harvested in {spec.harvest}; it has {hookpoints}")
+    for field in ("hookpoint", "target_hookpoint"):
+        name = getattr(spec, field)
+        if name is not None and name not in hookpoints:
+            raise PreflightError(field, f"{name!r} was not harvested in {spec.harvest}; it has {hookpoints}")
     d_model = manifest.get("d_model")
     if isinstance(d_model, int) and any(a in ("topk", "batchtopk") for a in spec.architectures):
         smallest = min(int(f * d_model) for f in spec.expansion_factors)

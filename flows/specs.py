@@ -95,6 +95,14 @@ class SweepSpec(BaseModel):
     harvest_spec: HarvestSpec = Field(default_factory=HarvestSpec, description="Harvest to run when no stored harvest is given.")
     hookpoint: str = Field("blocks.6.hook_resid_post", description="Hookpoint whose activations the SAEs learn.")
     architectures: list[Architecture] = Field(["topk", "relu"], min_length=1, description=", ".join(ARCHITECTURES) + ".")
+    target_hookpoint: str | None = Field(
+        None, description="What transcoders predict from hookpoint (e.g. blocks.6.hook_mlp_out from blocks.6.hook_mlp_in); "
+        "the sweep's SAEs then learn this hookpoint, and every point is spliced here. Part of every id."
+    )
+    kinds: list[Literal["sae", "transcoder", "skip_transcoder"]] = Field(
+        ["sae"], min_length=1, description="Crossed with architectures: sae, transcoder, skip_transcoder (transcoders need "
+        "target_hookpoint and one of topk, batchtopk, relu; other architectures give SAE points only)."
+    )
     expansion_factors: list[PositiveFloat] = Field([8.0], min_length=1, description="Dictionary sizes as multiples of d_model (> 0).")
     ks: list[PositiveInt] = Field([32], min_length=1, description="k values (topk, batchtopk, matryoshka_batchtopk, deep_topk), >= 1.")
     matryoshka_prefix_fractions: list[float] = Field(
@@ -140,6 +148,7 @@ class SweepSpec(BaseModel):
     wandb_mode: WandbModeSetting = None
 
     _hookpoint = field_validator("hookpoint")(check_hookpoint)
+    _target_hookpoint = field_validator("target_hookpoint")(lambda cls, v: v if v is None else check_hookpoint(v))
 
     @field_validator("matryoshka_prefix_fractions")
     @classmethod
@@ -151,6 +160,15 @@ class SweepSpec(BaseModel):
     @model_validator(mode="after")
     def _one_batch(self) -> SweepSpec:
         check_order(self, "batch_size", "train_tokens", "at least one training step")
+        return self
+
+    @model_validator(mode="after")
+    def _pairing(self) -> SweepSpec:
+        transcoders = [kind for kind in self.kinds if kind != "sae"]
+        if transcoders and self.target_hookpoint is None:
+            raise ValueError(f"kinds {transcoders} need target_hookpoint: what they predict from hookpoint {self.hookpoint!r}")
+        if self.target_hookpoint is not None and self.target_hookpoint == self.hookpoint:
+            raise ValueError(f"target_hookpoint {self.target_hookpoint!r} equals hookpoint: a transcoder predicts another activation")
         return self
 
 

@@ -13,6 +13,11 @@ from typing import Any
 ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu", "gated", "matryoshka_batchtopk", "deep_topk")
 K_ARCHITECTURES = ("topk", "batchtopk", "matryoshka_batchtopk", "deep_topk")
 """Architectures whose sparsity is set by k (the others by sparsity_coefficient)."""
+KINDS = ("sae", "transcoder", "skip_transcoder")
+"""What a dictionary maps: an SAE reconstructs its input; a transcoder predicts another activation
+(e.g. an MLP's output from its input); a skip transcoder adds a linear skip path x W_skip."""
+TRANSCODER_ARCHITECTURES = ("topk", "batchtopk", "relu")
+"""Sparsity rules a transcoder can use (sae_core.transcoder)."""
 B_DEC_INITS = ("zeros", "mean", "geometric_median")
 OPTIMIZERS = ("adam", "muon")
 AUTOCAST_MODES = ("cuda", "always", "never")
@@ -218,6 +223,15 @@ class SaeConfig(DictionaryConfig):
     deep_width: int | None = None
     """deep_topk: width of the MLP hidden layers; defaults to 2 * d_in."""
 
+    kind: str = "sae"
+    """sae (reconstruct the input), transcoder (predict a target activation from the input: W_dec and
+    b_dec live in the target's space) or skip_transcoder (a transcoder plus a linear x W_skip path,
+    W_skip starting at zero; Paulo et al. 2025). Transcoders use the sparsity of `architecture`:
+    one of TRANSCODER_ARCHITECTURES."""
+
+    d_out: int | None = None
+    """Transcoders: width of the target activation; defaults to d_in. None for SAEs."""
+
     def __post_init__(self) -> None:
         name = type(self).__name__
         if self.architecture not in ARCHITECTURES:
@@ -235,6 +249,24 @@ class SaeConfig(DictionaryConfig):
         if not 0 < self.init_firing_fraction < 1:
             _reject(name, "init_firing_fraction", self.init_firing_fraction, "a fraction in (0, 1)")
         _check_deep_and_matryoshka(self)
+        _check_kind(self)
+
+
+def _check_kind(cfg: SaeConfig) -> None:
+    """Rules of kind and d_out; fills in a transcoder's d_out."""
+    name = type(cfg).__name__
+    if cfg.kind not in KINDS:
+        _reject(name, "kind", cfg.kind, f"one of {', '.join(KINDS)}")
+    if cfg.kind == "sae":
+        if cfg.d_out is not None:
+            _reject(name, "d_out", cfg.d_out, "None for kind='sae' (an SAE's output is its input: d_in)")
+        return
+    if cfg.architecture not in TRANSCODER_ARCHITECTURES:
+        _reject(name, "architecture", cfg.architecture, f"one of {', '.join(TRANSCODER_ARCHITECTURES)} for kind={cfg.kind!r}")
+    if cfg.d_out is None:
+        cfg.d_out = cfg.d_in
+    if isinstance(cfg.d_out, bool) or not isinstance(cfg.d_out, int) or cfg.d_out < 1:
+        _reject(name, "d_out", cfg.d_out, "a positive integer (the target activation's width)")
 
 
 @dataclass
@@ -307,4 +339,4 @@ def _from_dict(cls: type, values: dict[str, Any]) -> Any:
     return cls(**values)
 
 
-__all__ = ["ARCHITECTURES", "K_ARCHITECTURES", "ConfigError", "SaeConfig", "TrainConfig"]
+__all__ = ["ARCHITECTURES", "KINDS", "K_ARCHITECTURES", "TRANSCODER_ARCHITECTURES", "ConfigError", "SaeConfig", "TrainConfig"]

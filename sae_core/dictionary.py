@@ -42,6 +42,8 @@ class Dictionary(nn.Module, ABC):
     architecture: ClassVar[str]
     unit_norm_decoder: ClassVar[bool]
     """Decoder rows are kept at unit norm, so the trainer removes the gradient parallel to them."""
+    paired: ClassVar[bool] = False
+    """Trains on (input, target) pairs: a transcoder (sae_core.transcoder); SAEs and crosscoders reconstruct their input."""
     cfg: DictionaryConfig
     W_dec: nn.Parameter
     tokens_since_fired: Tensor

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from sae_core.base import SparseCoder
 from sae_core.metrics import FiringWindow, evaluate_reconstruction
+from sae_core.trainer import Batch, batch_for
 
 
 @dataclass
@@ -47,10 +48,12 @@ def training_dead_fraction(sae: SparseCoder, trained_tokens: int) -> dict[str, f
 
 @torch.no_grad()
 def evaluate_sae(
-    sae: SparseCoder, batches: Iterable[Tensor], density_threshold: float = 0.1, trained_tokens: int | None = None
+    sae: SparseCoder, batches: Iterable[Batch], density_threshold: float = 0.1, trained_tokens: int | None = None
 ) -> tuple[dict[str, float], FeatureStats]:
     """(token-weighted mean of every reconstruction metric + dead/dense fractions, per-latent stats).
 
+    On (input, target) batches a transcoder is scored on its prediction of the target (an SAE on
+    its reconstruction of the target, as it trained): explained_variance is then 1 - FVU of y.
     dead_fraction counts latents silent over the last dead_fraction_tokens tokens: the training
     window (training_dead_fraction) when trained_tokens is given, else the evaluation tokens;
     dead_fraction_eval is always the evaluation tokens' figure.
@@ -61,10 +64,14 @@ def evaluate_sae(
     act_sum_F = torch.zeros(sae.cfg.d_sae, dtype=torch.float64, device=device)
     act_max_F = torch.zeros(sae.cfg.d_sae, dtype=torch.float32, device=device)
     totals: dict[str, float] = {}
-    for x_BD in batches:
+    for batch in batches:
+        x_BD, y_BO = batch_for(sae, batch)
         x_BD = x_BD.to(device)
         acts_BF = sae.encode(x_BD)
-        batch_metrics = evaluate_reconstruction(x_BD, sae.decode(acts_BF), acts_BF)
+        if y_BO is None:
+            batch_metrics = evaluate_reconstruction(x_BD, sae.decode(acts_BF), acts_BF)
+        else:
+            batch_metrics = evaluate_reconstruction(y_BO.to(device), sae.predict(x_BD), acts_BF)
         for name, value in batch_metrics.items():
             totals[name] = totals.get(name, 0.0) + value * x_BD.shape[0]
         window.update(acts_BF)

@@ -17,6 +17,7 @@ from sae_core.jumprelu import JumpReluSae
 from sae_core.matryoshka import MatryoshkaBatchTopKSae
 from sae_core.relu import ReluSae
 from sae_core.topk import TopKSae
+from sae_core.transcoder import TRANSCODER_CLASSES
 
 SAE_CLASSES: dict[str, type[SparseCoder]] = {
     cls.architecture: cls
@@ -25,7 +26,9 @@ SAE_CLASSES: dict[str, type[SparseCoder]] = {
 
 
 def build_sae(cfg: SaeConfig) -> SparseCoder:
-    """A freshly initialised SAE of the configured architecture."""
+    """A freshly initialised SAE (or transcoder, by cfg.kind) of the configured architecture."""
+    if cfg.kind != "sae":
+        return TRANSCODER_CLASSES[cfg.architecture](cfg)
     return SAE_CLASSES[cfg.architecture](cfg)
 
 

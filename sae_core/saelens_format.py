@@ -18,6 +18,7 @@ from sae_core.batchtopk import BatchTopKSae
 from sae_core.config import SaeConfig
 from sae_core.jumprelu import JumpReluSae
 from sae_core.registry import build_sae
+from sae_core.transcoder_format import TRANSCODER_FORMATS, TranscoderFormatError, transcoder_from_saelens, transcoder_to_saelens
 
 SAELENS_FORMAT_VERSION = "6.49.2"
 """Written as metadata.sae_lens_version: SAELens treats configs without it as pre-6.0 and drops metadata."""
@@ -44,6 +45,8 @@ class SaeFormatError(ValueError):
 @torch.no_grad()
 def to_saelens(sae: SparseCoder, metadata: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """(cfg dict, tensors) for cfg.json and sae_weights.safetensors, input scaling folded in."""
+    if sae.paired:  # transcoders: sae_core.transcoder_format
+        return transcoder_to_saelens(sae, metadata)
     if sae.architecture in NATIVE_ARCHITECTURES:
         return _to_native(sae, metadata)
     scale = float(sae.input_scale)
@@ -138,6 +141,11 @@ def _check_tensors(architecture: str, tensors: Mapping[str, Tensor], d_in: int, 
 def from_saelens(cfg: Mapping[str, Any], tensors: Mapping[str, Tensor], source: str = "<memory>") -> SparseCoder:
     """An inference-ready SAE from a SAELens cfg dict and tensors; errors name `source` and the rule."""
     architecture = cfg.get("architecture")
+    if architecture in TRANSCODER_FORMATS:
+        try:
+            return transcoder_from_saelens(cfg, tensors, source)
+        except TranscoderFormatError as error:  # one error type for every bad SAE directory
+            raise SaeFormatError(str(error)) from None
     if architecture in NATIVE_ARCHITECTURES:
         return _from_native(cfg, tensors, source)
     if architecture not in _IMPORT_ARCHITECTURE:

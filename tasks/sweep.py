@@ -27,8 +27,10 @@ def plan_sweep_task(spec: dict[str, Any], harvest: str) -> SweepPlan:
     """Validate the grid against the harvest, lay out storage and group the points; returns the plan."""
     axes = {key: spec[key] for key in ("architectures", "expansion_factors", "ks", "sparsity_coefficients", "lrs", "seeds")}
     axes.update({key: spec[key] for key in ARCHITECTURE_KNOBS if key in spec})
+    axes["kinds"] = spec.get("kinds", ["sae"])  # sae / transcoder / skip_transcoder, crossed with the architectures
     stage = {key: spec[key] for key in ("eval_contexts", "splice_contexts", "shuffle_buffer", "stream_seed", "checkpoint_every")}
     stage["splice_ci_width"] = spec.get("splice_ci_width")
+    stage["target_hookpoint"] = spec.get("target_hookpoint")
     plan = plan_sweep(
         spec["name"], spec["root"], harvest, spec["hookpoint"], axes, spec["train_tokens"], spec["batch_size"],
         spec["warmup_steps"], spec.get("autocast_bf16", "cuda"), **stage,

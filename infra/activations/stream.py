@@ -1,5 +1,10 @@
 """The training stream over a committed harvest: shuffled float32 batches of one hookpoint.
 
+With a target_hookpoint (a transcoder's: blocks.L.hook_mlp_out beside blocks.L.hook_mlp_in) the
+stream yields row-aligned (x_BD, y_BD) pairs instead: the two hookpoints' shards of one harvest
+hold the same tokens row for row, so each shard's rows of both are read side by side and go
+through the one shuffle below together.
+
 The order is a pure function of the spec, so a stream replays exactly (resume after a crash):
   - epoch e (0, 1, ... with `loop`, else only 0) visits the shards the manifest lists in an
     order drawn from default_rng((seed, e, 0));
@@ -80,6 +85,9 @@ class StreamSpec:
     aligned_harvests: tuple[str, ...] = ()
     """More harvests row-aligned with `harvest` (same token spec, checked by infra.activations.alignment):
     batches become [batch_size, 1 + len(aligned_harvests), d_model], one slice per source (crosscoders)."""
+    target_hookpoint: str | None = None
+    """A second hookpoint of the same harvest (a transcoder's target): batches become (x_BD, y_BD)
+    pairs, row i of both the same token."""
 
     def __post_init__(self) -> None:
         for name, low in (("batch_size", 1), ("shuffle_buffer", 0), ("seed", 0), ("prefetch", 0)):
@@ -88,6 +96,10 @@ class StreamSpec:
                 raise StreamSpecError(f"StreamSpec.{name}={value!r} is invalid: an integer >= {low}")
         if self.seqs is not None and not isinstance(self.seqs, SeqSelection):
             raise StreamSpecError(f"StreamSpec.seqs={self.seqs!r} is invalid: a SeqSelection (infra.activations.split) or None")
+        if self.target_hookpoint is not None and self.aligned_harvests:
+            raise StreamSpecError("StreamSpec: target_hookpoint and aligned_harvests cannot be combined: pairs come from one harvest")
+        if self.target_hookpoint is not None and self.target_hookpoint == self.hookpoint:
+            raise StreamSpecError(f"StreamSpec.target_hookpoint={self.target_hookpoint!r} is invalid: a hookpoint other than hookpoint")
 
 
 @dataclass(frozen=True)
@@ -108,17 +120,18 @@ class _Plan:
     shards: list[_Shard]
     d_model: int
     sources: int
-    """1 + number of aligned harvests."""
+    """1 + number of aligned harvests (or 2: input and target hookpoints)."""
 
     @property
     def where(self) -> str:
         spec = self.spec
         seqs = "every context" if spec.seqs is None else spec.seqs.describe()
-        return f"{spec.harvest} hookpoint {spec.hookpoint} (exclude_special={spec.exclude_special}, {seqs})"
+        target = f" -> {spec.target_hookpoint}" if spec.target_hookpoint else ""
+        return f"{spec.harvest} hookpoint {spec.hookpoint}{target} (exclude_special={spec.exclude_special}, {seqs})"
 
 
-def iter_batches(spec: StreamSpec, start_batch: int = 0) -> Iterator[torch.Tensor]:
-    """Float32 [batch_size, d_model] batches of the stream from batch `start_batch` on (pinned with CUDA)."""
+def iter_batches(spec: StreamSpec, start_batch: int = 0) -> Iterator[torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
+    """Float32 [batch_size, d_model] batches (or (x, y) pairs, see target_hookpoint) from batch `start_batch` on (pinned with CUDA)."""
     if isinstance(start_batch, bool) or not isinstance(start_batch, int) or start_batch < 0:
         raise StreamSpecError(f"start_batch={start_batch!r} is invalid: an integer >= 0")
     plan = _plan(spec)  # errors here raise at the call, before any thread starts
@@ -133,14 +146,18 @@ def count_rows(spec: StreamSpec) -> int:
 
 def _plan(spec: StreamSpec) -> _Plan:
     manifest = read_manifest(spec.harvest)
-    if spec.hookpoint not in manifest["hookpoints"]:
-        raise StreamSpecError(f"{spec.harvest}: hookpoint {spec.hookpoint!r} was not harvested; available: {manifest['hookpoints']}")
+    for field in ("hookpoint", "target_hookpoint"):
+        name = getattr(spec, field)
+        if name is not None and name not in manifest["hookpoints"]:
+            raise StreamSpecError(f"{spec.harvest}: {field} {name!r} was not harvested; available: {manifest['hookpoints']}")
     fs, base = filesystem(spec.harvest)
     aligned = [(read_manifest(uri), filesystem(uri)[1]) for uri in spec.aligned_harvests]
     shards, bound = [], 0
     for entry in sorted(manifest["shards"], key=lambda s: s["index"]):
         path, rows = f"{base}/{entry['files'][spec.hookpoint]['path']}", int(entry["rows"])
         others = tuple(f"{b}/{m['shards'][entry['index']]['files'][spec.hookpoint]['path']}" for m, b in aligned)
+        if spec.target_hookpoint is not None:  # the same shard's rows at the target hookpoint, read beside x's
+            others = (f"{base}/{entry['files'][spec.target_hookpoint]['path']}",)
         start, stop = entry.get("seq_start"), entry.get("seq_stop")
         if spec.seqs is None or start is None or stop is None:  # no bounds recorded: read and filter
             shards.append(_Shard(path, others, rows, spec.seqs is not None))
@@ -156,7 +173,8 @@ def _plan(spec: StreamSpec) -> _Plan:
     if not spec.loop and spec.drop_last and bound < spec.batch_size:
         raise StreamSpecError(f"{spec.harvest}: at most {bound} rows in {where}, fewer than "
                               f"batch_size={spec.batch_size}; use loop=True or a smaller batch")
-    return _Plan(replace(spec), fs, shards, int(manifest["d_model"]), 1 + len(aligned))  # a copy: later edits to spec change nothing
+    sources = 2 if spec.target_hookpoint is not None else 1 + len(aligned)
+    return _Plan(replace(spec), fs, shards, int(manifest["d_model"]), sources)  # a copy: later edits to spec change nothing
 
 
 def _read_columns(plan: _Plan, shard: _Shard, columns: list[str], path: str | None = None) -> Any:
@@ -320,8 +338,10 @@ def _batches(plan: _Plan, pool: ThreadPoolExecutor, start_batch: int, stop: thre
         raise ValueError(f"{plan.where}: {seen} rows, fewer than batch_size={spec.batch_size}; use loop=True or a smaller batch")
 
 
-def _per_source(batch_BX: torch.Tensor, plan: _Plan) -> torch.Tensor:
-    """[B, d_model] for one harvest; [B, sources, d_model] (a view) for aligned harvests."""
+def _per_source(batch_BX: torch.Tensor, plan: _Plan) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """[B, d_model] for one harvest; [B, sources, d_model] (a view) for aligned harvests; (x, y) for a target hookpoint."""
+    if plan.spec.target_hookpoint is not None:
+        return batch_BX[:, : plan.d_model], batch_BX[:, plan.d_model :]  # views: rows stay pinned, no copy
     return batch_BX if plan.sources == 1 else batch_BX.view(len(batch_BX), plan.sources, plan.d_model)
 
 

@@ -6,6 +6,7 @@ milliseconds, before anything heavy is imported; infra.lm.hookpoints re-exports 
 ``blocks.{L}.hook_resid_pre``  the residual stream entering block L (its input)
 ``blocks.{L}.hook_resid_post`` the residual stream leaving block L (its output)
 ``blocks.{L}.hook_attn_out``   block L's attention output, before it joins the residual
+``blocks.{L}.hook_mlp_in``     what block L's MLP reads: the residual after ln_2 / post_attention_layernorm
 ``blocks.{L}.hook_mlp_out``    block L's MLP output, before it joins the residual
 """
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-HOOK_KINDS = ("resid_pre", "resid_post", "attn_out", "mlp_out")
+HOOK_KINDS = ("resid_pre", "resid_post", "attn_out", "mlp_in", "mlp_out")
 """What can be captured in each block."""
 ALLOWED_FORMS = ", ".join(f"blocks.{{L}}.hook_{kind}" for kind in HOOK_KINDS)
 

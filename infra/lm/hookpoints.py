@@ -3,8 +3,11 @@
 ``blocks.{L}.hook_resid_pre``  the residual stream entering block L (its input)
 ``blocks.{L}.hook_resid_post`` the residual stream leaving block L (its output)
 ``blocks.{L}.hook_attn_out``   block L's attention output, before it joins the residual
+``blocks.{L}.hook_mlp_in``     what block L's MLP reads (after ln_2 / post_attention_layernorm)
 ``blocks.{L}.hook_mlp_out``    block L's MLP output, before it joins the residual
 
+hook_mlp_in and hook_mlp_out of one block are an MLP's input and output, captured in one forward
+pass (row-aligned): what a transcoder reads and predicts.
 Names are validated against the model's config before anything runs, and a capture stops the
 forward pass as soon as the last requested activation is recorded, so harvesting layer 3 of a
 30-layer model costs 4 blocks, not 30 plus the unembedding.
@@ -70,13 +73,19 @@ def transformer_blocks(model: nn.Module) -> nn.ModuleList:
 
 
 def hooked_module(model: nn.Module, hookpoint: Hookpoint) -> nn.Module:
-    """The module whose input (resid_pre) or output (other kinds) is the hookpoint's activation."""
+    """The module whose input (resid_pre, mlp_in) or output (other kinds) is the hookpoint's activation."""
     block = transformer_blocks(model)[hookpoint.layer]
     if hookpoint.kind == "attn_out":
         return getattr(block, _ATTN_NAMES[model.config.model_type])
-    if hookpoint.kind == "mlp_out":
+    if hookpoint.kind in ("mlp_in", "mlp_out"):
+        # Every family calls block.mlp on the normalised residual (GPT-2: ln_2; GPT-NeoX, Llama:
+        # post_attention_layernorm), so the MLP's own input is hook_mlp_in, whatever the norm is called.
         return block.mlp
     return block
+
+
+READS_INPUT = ("resid_pre", "mlp_in")
+"""Kinds captured as their hooked module's input (a forward pre-hook); the others are outputs."""
 
 
 def _hidden(value: Any) -> Tensor:
@@ -103,7 +112,7 @@ def capture_activations(
     try:
         for hookpoint in wanted:
             module, name = hooked_module(model, hookpoint), hookpoint.name
-            if hookpoint.kind == "resid_pre":
+            if hookpoint.kind in READS_INPUT:
                 # Llama's layers may get hidden_states as a keyword, GPT-2's positionally.
                 def pre_hook(_m: nn.Module, args: tuple, kwargs: dict, name: str = name) -> None:
                     record(name, args[0] if args else kwargs["hidden_states"])

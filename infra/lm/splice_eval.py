@@ -10,6 +10,11 @@ random baseline says whether the SAE's error hurts the model more than noise of 
 angle would (Gurnee 2024, "SAE reconstruction errors are (empirically) pathological"). How the
 scores are formed, and which one equals SAELens's, is in infra/lm/splice_scores.py.
 
+A transcoder is spliced IN PLACE OF ITS MLP: with source_hookpoint=blocks.L.hook_mlp_in and
+hookpoint=blocks.L.hook_mlp_out, the MLP's output is replaced by the transcoder's prediction from
+the MLP's clean input (exact: nothing upstream of the MLP changes), and the zero ablation is
+zero-ablating that MLP, the baseline sparse-MLP work reports CE loss recovered against.
+
 Special positions (BOS/EOS/padding, the harvest's ``special`` mask) are never replaced by the
 SAE and predictions made FROM them are not scored: SAEs are trained without them (their
 activations are outliers, e.g. the BOS attention sink), and the token after an EOS starts an
@@ -28,12 +33,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from infra.lm.hookpoints import Hookpoint, hooked_module, resolve_hookpoints
+from infra.lm.hookpoints import READS_INPUT, Hookpoint, hooked_module, resolve_hookpoints
 from infra.lm.splice_scores import CI_METRIC, score_interval, summarize
 from sae_core.geometry import matched_random_perturbation
 
 SpliceFn = Callable[[Tensor], Tensor]
-"""Anything mapping activations x_BSD to replacements x_hat_BSD (an SAE's round trip, identity, ...)."""
+"""Anything mapping activations x_BSD to replacements x_hat_BSD (an SAE's round trip, identity, ...);
+with a source hookpoint, activations there to replacements at the hookpoint (a transcoder's prediction)."""
+
+
+_ORDER_IN_BLOCK = {"resid_pre": 0, "attn_out": 1, "mlp_in": 2, "mlp_out": 3, "resid_post": 4}
+"""Where each hookpoint kind is computed within a block (GPT-NeoX's parallel attention aside, whose
+attn_out and mlp_in both read resid_pre: neither is upstream of the other, and neither is asked for)."""
 
 
 @contextmanager
@@ -48,8 +59,8 @@ def replacing_activation(model: nn.Module, hookpoint: Hookpoint, edit: Callable[
                              f"the activation {tuple(x_BSD.shape)}; a splice must keep the shape")  # fmt: skip
         return x_new_BSD.to(device=x_BSD.device, dtype=x_BSD.dtype)
 
-    if hookpoint.kind == "resid_pre":
-        # The block's input: GPT-2 / NeoX pass hidden_states positionally, Llama may pass it by keyword.
+    if hookpoint.kind in READS_INPUT:
+        # The block's (MLP's) input: GPT-2 / NeoX pass hidden_states positionally, Llama may pass it by keyword.
         def pre_hook(_m: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
             if args:
                 return (new_value(args[0]), *args[1:]), kwargs
@@ -97,18 +108,21 @@ def _eval_mode(module: Any) -> Iterator[None]:
 
 
 def _as_splice_fn(sae_or_fn: Any) -> SpliceFn:
-    """A SparseCoder-like object (encode/decode in model units) or a plain callable, as x_BSD -> x_hat_BSD."""
+    """A SparseCoder-like object (encode/decode in model units; a transcoder's predict) or a plain
+    callable, as x_BSD -> x_hat_BSD."""
     if not (hasattr(sae_or_fn, "encode") and hasattr(sae_or_fn, "decode")):
         return sae_or_fn
     sae = sae_or_fn
     param = next(iter(sae.parameters()), None) if isinstance(sae, nn.Module) else None
+    paired = getattr(sae, "paired", False)
 
     def round_trip(x_BSD: Tensor) -> Tensor:
         # SAEs speak in tokens x d_in; run them wherever their weights live.
         x_ND = x_BSD.reshape(-1, x_BSD.shape[-1])
         if param is not None:
             x_ND = x_ND.to(param.device)
-        return sae.decode(sae.encode(x_ND)).reshape(x_BSD.shape).to(x_BSD.device)
+        out_ND = sae.predict(x_ND) if paired else sae.decode(sae.encode(x_ND))
+        return out_ND.reshape(*x_BSD.shape[:-1], out_ND.shape[-1]).to(x_BSD.device)
 
     return round_trip
 
@@ -121,15 +135,33 @@ def _per_context_terms(logp_clean_BSV: Tensor, logits_BSV: Tensor, targets_BS: T
     return (ce_BS * ce_scored_BS).sum(dim=1).double().cpu(), (kl_BS * kl_scored_BS).sum(dim=1).double().cpu()
 
 
+def _forward_capturing_both(model: nn.Module, source: Hookpoint, hookpoint: Hookpoint, ids_BS: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(logits, activations at source, activations at hookpoint) of one clean forward pass."""
+    captured: list[Tensor] = []
+
+    def record(x_BSD: Tensor) -> Tensor:
+        captured.append(x_BSD)
+        return x_BSD
+
+    with replacing_activation(model, source, record):
+        logits_BSV, x_BSD = forward_capturing(model, hookpoint, ids_BS)
+    return logits_BSV, captured[0], x_BSD
+
+
 def _score_batch(
-    model: nn.Module, hookpoint: Hookpoint, splice: SpliceFn, ids_BS: Tensor, special_BS: Tensor, generator: torch.Generator
+    model: nn.Module, hookpoint: Hookpoint, splice: SpliceFn, ids_BS: Tensor, special_BS: Tensor, generator: torch.Generator,
+    source: Hookpoint | None = None,
 ) -> dict[str, Tensor]:
     """Run clean and every intervention on one batch; per-context ([B]) CE / KL sums and counts."""
     special_BS1 = special_BS.unsqueeze(-1)
     # Logits at position t predict token t+1: CE is scored from non-special positions (the last has
     # no target); KL from every non-special position, the last included (SAELens's convention).
     targets_BS, ce_scored_BS, kl_scored_BS = ids_BS[:, 1:], ~special_BS[:, :-1], ~special_BS
-    logits_BSV, x_BSD = forward_capturing(model, hookpoint, ids_BS)
+    if source is None:
+        logits_BSV, x_BSD = forward_capturing(model, hookpoint, ids_BS)
+        source_BSD = x_BSD
+    else:  # a transcoder: reads the clean source (the MLP's input), replaces the hookpoint (its output)
+        logits_BSV, source_BSD, x_BSD = _forward_capturing_both(model, source, hookpoint, ids_BS)
     logp_clean_BSV = F.log_softmax(logits_BSV.float(), dim=-1)
     ce_clean_BS = -logp_clean_BSV[:, :-1].gather(-1, targets_BS.unsqueeze(-1)).squeeze(-1)
     sums = {
@@ -138,7 +170,7 @@ def _score_batch(
         "n_kl": kl_scored_BS.sum(dim=1).double().cpu(),
     }
     # The SAE never sees special positions (it was trained without them), so they stay clean.
-    x_hat_BSD = splice(x_BSD)
+    x_hat_BSD = splice(source_BSD)
     if x_hat_BSD.shape != x_BSD.shape:
         raise ValueError(f"splice at {hookpoint.name}: reconstruction has shape {tuple(x_hat_BSD.shape)}, "
                          f"the activation {tuple(x_BSD.shape)}; a splice must keep the shape")  # fmt: skip
@@ -169,14 +201,24 @@ def splice_metrics(
     batch_contexts: int = 8,
     seed: int = 0,
     target_ci_width: float | None = None,
+    source_hookpoint: Hookpoint | str | None = None,
 ) -> dict[str, float]:
     """CE / KL of the model with the hookpoint spliced, zero-ablated and randomly perturbed, with bootstrap intervals.
+
+    With source_hookpoint, the splice reads the activations there and replaces the hookpoint's
+    (a transcoder at blocks.L.hook_mlp_in -> blocks.L.hook_mlp_out stands in for the MLP).
 
     With target_ci_width, contexts are scored batch by batch and scoring stops once the 95%
     interval of ce_loss_recovered is at most that wide (or the contexts run out; see
     splice_contexts_used): the evaluation is sized by the precision asked for.
     """
     (hookpoint,) = resolve_hookpoints(model.config, [hookpoint])
+    source = None
+    if source_hookpoint is not None:
+        (source,) = resolve_hookpoints(model.config, [source_hookpoint])
+        if (source.layer, _ORDER_IN_BLOCK[source.kind]) >= (hookpoint.layer, _ORDER_IN_BLOCK[hookpoint.kind]):
+            raise ValueError(f"splice_metrics: source_hookpoint {source.name} must be upstream of hookpoint {hookpoint.name} "
+                             "(the splice reads its clean value)")  # fmt: skip
     ids_NS = torch.as_tensor(token_ids_NS)
     if ids_NS.ndim != 2 or ids_NS.shape[1] < 2 or ids_NS.shape[0] == 0:
         raise ValueError(f"splice_metrics: token_ids_NS has shape {tuple(ids_NS.shape)}; needs [contexts >= 1, length >= 2]")
@@ -198,7 +240,7 @@ def splice_metrics(
         for start in range(0, ids_NS.shape[0], batch_contexts):
             ids_BS = ids_NS[start : start + batch_contexts].to(device=device, dtype=torch.long)
             special_BS = special_NS[start : start + batch_contexts].to(device)
-            batches.append(_score_batch(model, hookpoint, splice, ids_BS, special_BS, generator))
+            batches.append(_score_batch(model, hookpoint, splice, ids_BS, special_BS, generator, source))
             if target_ci_width is not None and _width_reached(_concat(batches), target_ci_width):
                 break
     return summarize(_concat(batches))

@@ -18,7 +18,7 @@ from infra.ids import spec_id
 from infra.storage import join
 from infra.training.group import GroupMember
 from sae_core import SaeConfig, TrainConfig
-from sae_core.config import K_ARCHITECTURES, scaled_dead_window
+from sae_core.config import K_ARCHITECTURES, TRANSCODER_ARCHITECTURES, scaled_dead_window
 
 PENALTY_ARCHITECTURES = ("relu", "jumprelu", "gated")
 ARCHITECTURE_KNOBS = ("matryoshka_prefix_fractions", "deep_encoder_depth", "deep_decoder_depth", "deep_width", "dead_window_tokens")
@@ -73,6 +73,9 @@ class SweepPlan:
     """Training rows after the eval split (BOS/EOS dropped): one epoch of the looping stream."""
     splice_ci_width: float | None = None
     """Target width of ce_loss_recovered's 95% interval: splice scoring stops once reached (None scores all splice_contexts)."""
+    target_hookpoint: str | None = None
+    """Paired sweeps: the activation transcoders predict from `hookpoint` (e.g. blocks.6.hook_mlp_out from
+    blocks.6.hook_mlp_in); the SAEs of such a sweep learn this one, and every point is spliced here."""
     groups: list[list[str]] = field(default_factory=list)
     """sae_ids of the points that share one stream, one list per group (see group_points); not in the ids."""
 
@@ -83,7 +86,11 @@ class SweepPlan:
 
     def conditions(self) -> dict[str, Any]:
         """The settings, besides each point's own configs, that change a point's artifacts."""
-        return {key: getattr(self, key) for key in CONDITION_FIELDS}
+        conditions = {key: getattr(self, key) for key in CONDITION_FIELDS}
+        if conditions["target_hookpoint"] is None:
+            # Unpaired sweeps hash as they did before target hookpoints existed: their ids stay put.
+            del conditions["target_hookpoint"]
+        return conditions
 
     def epochs(self, train_tokens: int) -> float:
         """How many times a point that trained on train_tokens saw each training row."""
@@ -95,7 +102,8 @@ class SweepPlan:
         return [point for point in self.points if wanted is None or point.sae_id in wanted]
 
 
-CONDITION_FIELDS = ("harvest_id", "hookpoint", "batch_size", "eval_contexts", "splice_contexts", "shuffle_buffer", "stream_seed", "splice_ci_width")
+CONDITION_FIELDS = ("harvest_id", "hookpoint", "batch_size", "eval_contexts", "splice_contexts", "shuffle_buffer", "stream_seed", "splice_ci_width",
+                    "target_hookpoint")
 """SweepPlan fields hashed into every sae_id and the sweep_id."""
 NOT_IN_IDS = {
     "sweep_id": "the id itself",
@@ -126,10 +134,16 @@ def expand_grid(
 ) -> list[tuple[SaeConfig, TrainConfig]]:
     """Cartesian product of the axes; k applies to topk/batchtopk, sparsity_coefficient to the rest.
 
-    Every point is built (and so validated) here, before any training starts.
+    `kinds` (default ["sae"]) crosses sae / transcoder / skip_transcoder with the architectures; a
+    transcoder point exists only for TRANSCODER_ARCHITECTURES (a jumprelu transcoder is skipped, not
+    an error, so one grid can hold SAE-only architectures too). Every point is built (and so
+    validated) here, before any training starts.
     """
     points, seen = [], set()
-    for architecture, expansion, lr, seed in itertools.product(axes["architectures"], axes["expansion_factors"], axes["lrs"], axes["seeds"]):
+    kinds = axes.get("kinds", ["sae"])
+    for kind, architecture, expansion, lr, seed in itertools.product(kinds, axes["architectures"], axes["expansion_factors"], axes["lrs"], axes["seeds"]):
+        if kind != "sae" and architecture not in TRANSCODER_ARCHITECTURES:
+            continue
         variants = (
             [{"k": k} for k in axes["ks"]]
             if architecture in K_ARCHITECTURES
@@ -137,7 +151,8 @@ def expand_grid(
         )
         knobs = architecture_knobs(architecture, axes, max(1, round(expansion * d_in)))
         for variant in variants:
-            sae_config = SaeConfig(architecture=architecture, d_in=d_in, expansion_factor=expansion, seed=seed, **variant, **knobs)
+            paired = {"kind": kind, "d_out": d_in} if kind != "sae" else {}  # MLP in/out: one width, d_model
+            sae_config = SaeConfig(architecture=architecture, d_in=d_in, expansion_factor=expansion, seed=seed, **variant, **knobs, **paired)
             train_config = TrainConfig(
                 total_steps=total_steps, lr=lr, warmup_steps=min(warmup_steps, total_steps), autocast_bf16=autocast_bf16
             )
@@ -151,7 +166,8 @@ def expand_grid(
 def point_label(sae_config: SaeConfig, lr: float) -> str:
     """Readable slug of a grid point."""
     knob = f"k{sae_config.k}" if sae_config.architecture in K_ARCHITECTURES else f"l{sae_config.sparsity_coefficient:g}"
-    return f"{sae_config.architecture}-{sae_config.d_sae}-{knob}-lr{lr:g}-s{sae_config.seed}"
+    kind = "" if sae_config.kind == "sae" else f"{sae_config.kind.replace('_', '')}-"
+    return f"{kind}{sae_config.architecture}-{sae_config.d_sae}-{knob}-lr{lr:g}-s{sae_config.seed}"
 
 
 def plan_points(sweep_id: str, root: str, conditions: dict[str, Any], grid: list[tuple[SaeConfig, TrainConfig]]) -> list[GroupMember]:
@@ -195,6 +211,20 @@ class SweepSpecError(ValueError):
     """A sweep request that cannot run; raised before any training."""
 
 
+def check_pairing(hookpoint: str, target_hookpoint: str | None, kinds: list[str], harvested: list[str], harvest: str) -> None:
+    """A transcoder kind needs a target hookpoint, harvested beside the input and distinct from it."""
+    transcoders = [kind for kind in kinds if kind != "sae"]
+    if target_hookpoint is None:
+        if transcoders:
+            raise SweepSpecError(f"kinds {transcoders} need target_hookpoint (what they predict from {hookpoint!r}, e.g. "
+                                 f"{hookpoint.replace('mlp_in', 'mlp_out')!r})")  # fmt: skip
+        return
+    if target_hookpoint == hookpoint:
+        raise SweepSpecError(f"target_hookpoint {target_hookpoint!r} is the input hookpoint: a transcoder predicts another activation")
+    if target_hookpoint not in harvested:
+        raise SweepSpecError(f"target_hookpoint {target_hookpoint!r} was not harvested in {harvest}; it has {harvested}")
+
+
 def memory_budget_bytes(cpu_budget_bytes: int = 4 * 2**30) -> int:
     """Memory one training group may use: 60% of the GPU's, or a fixed CPU budget."""
     import torch
@@ -221,6 +251,7 @@ def plan_sweep(
     stream_seed: int = 0,
     checkpoint_every: int = 200,
     splice_ci_width: float | None = None,
+    target_hookpoint: str | None = None,
 ) -> SweepPlan:
     """Check the harvest and the grid, then lay out every point's storage; nothing is trained."""
     from infra.activations.store import MANIFEST_FILE, read_manifest
@@ -232,6 +263,7 @@ def plan_sweep(
     manifest = read_manifest(harvest)
     if hookpoint not in manifest["hookpoints"]:
         raise SweepSpecError(f"hookpoint {hookpoint!r} was not harvested in {harvest}; it has {manifest['hookpoints']}")
+    check_pairing(hookpoint, target_hookpoint, axes.get("kinds", ["sae"]), manifest["hookpoints"], harvest)
     if splice_ci_width is not None and not splice_ci_width > 0:
         raise SweepSpecError(f"splice_ci_width={splice_ci_width!r} is invalid: a width > 0 (or null to score every splice context)")
     if batch_size < 1 or train_tokens < batch_size:
@@ -249,7 +281,7 @@ def plan_sweep(
         sweep_id="", root=root, harvest=harvest, harvest_id=manifest["harvest_id"], hookpoint=hookpoint, d_in=manifest["d_model"],
         batch_size=batch_size, total_steps=total_steps, points=[], eval_contexts=eval_contexts, splice_contexts=splice_contexts,
         shuffle_buffer=shuffle_buffer, stream_seed=stream_seed, checkpoint_every=checkpoint_every, train_rows=train_rows,
-        splice_ci_width=splice_ci_width,
+        splice_ci_width=splice_ci_width, target_hookpoint=target_hookpoint,
     )
     budget = {"train_tokens": train_tokens, "warmup_steps": warmup_steps, "autocast_bf16": autocast_bf16}
     plan.sweep_id = sweep_id_for(name, plan.conditions(), budget)

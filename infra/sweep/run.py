@@ -57,12 +57,13 @@ class TrainGroupWorker:
             loop=training,
             drop_last=training,
             shuffle_buffer=self.plan.shuffle_buffer if training else 0,
+            target_hookpoint=self.plan.target_hookpoint,  # paired sweeps: (x, y) batches (transcoders)
         )
 
     def _extra_eval(self, sae: SparseCoder) -> dict[str, float]:
         # explained_variance_pooled is explained_variance over the same rows with one pooled mean
         # (the stream's figure averages per-batch values); the interval brackets the pooled one.
-        metrics = explained_variance_interval(sae, self.plan.harvest, self.plan.hookpoint, self.eval_range)
+        metrics = explained_variance_interval(sae, self.plan.harvest, self.plan.hookpoint, self.eval_range, self.plan.target_hookpoint)
         if self.plan.splice_contexts > 0:
             metrics.update(self._splice_eval(sae))
         return metrics
@@ -72,9 +73,11 @@ class TrainGroupWorker:
             self._model, _ = load_model(self.manifest["model"], device=self.device)
         tokens = tokens_from_table(read_tokens_table(self.plan.harvest))
         rows = list(self.eval_range.ids[: self.plan.splice_contexts])  # a random sample of the held-out contexts
+        # Paired sweeps splice every point at the target (a transcoder from the input: in place of the MLP).
+        spliced, source = self.plan.target_hookpoint or self.plan.hookpoint, self.plan.hookpoint if sae.paired else None
         return splice_metrics(
-            self._model, self.plan.hookpoint, sae.to(self.device), tokens.token_ids_NS[rows], tokens.special_NS[rows],
-            target_ci_width=self.plan.splice_ci_width,
+            self._model, spliced, sae.to(self.device), tokens.token_ids_NS[rows], tokens.special_NS[rows],
+            target_ci_width=self.plan.splice_ci_width, source_hookpoint=source,
         )
 
     def train(self, group_index: int) -> list[dict[str, Any]]:
@@ -95,13 +98,21 @@ class TrainGroupWorker:
             eval_batches=lambda: iter_batches(self._stream(self.eval_range, training=False, seed=seed)),
             checkpoint_every=self.plan.checkpoint_every,
             device=self.device,
-            # model_name etc. name the real model (the hub id behind a saeflow alias) so other tools can load it.
-            metadata={"hook_name": self.plan.hookpoint, **model_provenance(self.manifest["model"]), "dataset_path": self.plan.harvest},
+            metadata=self._export_metadata,
             extra_eval=self._extra_eval,
             on_step=on_step,
         )
         self._record_throughput(members, records)
         return records
+
+    def _export_metadata(self, member: GroupMember) -> dict[str, Any]:
+        """cfg.json metadata: model_name etc. name the real model (the hub id behind a saeflow alias) so
+        other tools can load it; hook_name is the activation the member reads (an SAE of a paired sweep
+        learns the target, a transcoder reads the input and writes hook_name_out)."""
+        target = self.plan.target_hookpoint
+        paired = target is not None and member.sae_config.kind != "sae"
+        hooks = {"hook_name": self.plan.hookpoint, "hook_name_out": target} if paired else {"hook_name": target or self.plan.hookpoint}
+        return {**hooks, **model_provenance(self.manifest["model"]), "dataset_path": self.plan.harvest}
 
     def _record_throughput(self, members: list[GroupMember], records: list[dict[str, Any]]) -> None:
         """This device's training rate (token*d_in*d_sae per device second), for later cost plans."""
@@ -134,7 +145,7 @@ def run_groups(
     )
 
 
-RESULT_CONFIG_COLUMNS = ("architecture", "d_sae", "expansion_factor", "k", "sparsity_coefficient", "seed")
+RESULT_CONFIG_COLUMNS = ("kind", "architecture", "d_sae", "expansion_factor", "k", "sparsity_coefficient", "seed")
 
 
 def results_frame(plan: SweepPlan) -> pd.DataFrame:

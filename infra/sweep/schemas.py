@@ -9,6 +9,7 @@ import pandera.pandas as pa
 from infra.schema_errors import describe_schema_error
 from infra.sweep.grid import K_ARCHITECTURES
 from sae_core import ARCHITECTURES
+from sae_core.config import KINDS
 
 
 def results_schema() -> pa.DataFrameSchema:
@@ -18,6 +19,7 @@ def results_schema() -> pa.DataFrameSchema:
         {
             "sae_id": pa.Column(str, unique=True),
             "architecture": pa.Column(str, pa.Check.isin(list(ARCHITECTURES))),
+            "kind": pa.Column(str, pa.Check.isin(list(KINDS)), required=False),  # sae, transcoder, skip_transcoder
             "d_sae": pa.Column("int64", pa.Check.gt(0)),
             "expansion_factor": pa.Column(float, pa.Check.gt(0)),
             # Null where the architecture ignores the knob (k: relu/jumprelu/gated; coefficient: the K_ARCHITECTURES).

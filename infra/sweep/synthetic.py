@@ -62,7 +62,7 @@ def train_synthetic_group(spec: dict[str, Any], members: list[GroupMember]) -> l
         stream_from,
         eval_batches=lambda: truth.batches(spec["batch_size"], 8, seed=spec["seed"] + 2),
         checkpoint_every=spec["checkpoint_every"],
-        metadata={"dataset_path": "synthetic", "hook_name": "synthetic"},
+        metadata=lambda member: {"dataset_path": "synthetic", "hook_name": "synthetic"},
     )
     by_id = {m.sae_id: m for m in members}
     for record in records:

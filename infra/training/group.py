@@ -86,7 +86,7 @@ def train_group(
     eval_batches: Callable[[], Iterable[torch.Tensor]],
     checkpoint_every: int = 1000,
     device: torch.device | None = None,
-    metadata: dict[str, Any] | None = None,
+    metadata: Callable[[GroupMember], dict[str, Any]] | None = None,
     log_every: int = 50,
     extra_eval: Callable[[SparseCoder], dict[str, float]] | None = None,
     on_step: Callable[[int, list[dict[str, torch.Tensor] | None]], None] | None = None,
@@ -116,7 +116,7 @@ def train_group(
         metrics.update(
             group_wall_seconds=wall_seconds, device_seconds=trainer.device_seconds, train_tokens=trainer.tokens_seen, steps=trainer.step
         )
-        save_sae(trainer.sae, member.sae_uri, metadata=metadata, fire_count_F=stats.fire_count_F, num_tokens=stats.num_tokens)
+        save_sae(trainer.sae, member.sae_uri, metadata=metadata(member) if metadata else None, fire_count_F=stats.fire_count_F, num_tokens=stats.num_tokens)
         if member.features_uri:
             table = feature_table(stats)
             validate_features(table.to_pandas(), member.features_uri, len(stats.fire_count_F))

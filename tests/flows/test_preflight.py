@@ -53,6 +53,10 @@ def no_s3_env(monkeypatch):
     ({"wandb_mode": "onlin"}, ("wandb_mode",), "'online', 'offline' or 'disabled'"),
     ({"hookpoint": "blocks.x.resid"}, ("hookpoint",), "malformed"),
     ({"train_tokens": 10}, (), "batch_size=4096 must be <= train_tokens=10"),
+    ({"kinds": ["sae", "transcoder"]}, (), "kinds ['transcoder'] need target_hookpoint"),
+    ({"kinds": ["crosscoder"]}, ("kinds", 0), "'sae', 'transcoder' or 'skip_transcoder'"),
+    ({"target_hookpoint": "blocks.6.hook_resid_post"}, (), "equals hookpoint"),
+    ({"target_hookpoint": "blocks.6.hook_mlp"}, ("target_hookpoint",), "unknown kind hook_mlp"),
 ])
 def test_sweep_spec_rejects_bad_grid_values(values, loc, rule):
     with pytest.raises(ValidationError) as caught:
@@ -140,6 +144,15 @@ def test_sweep_hookpoint_must_be_in_the_stored_harvest(tmp_path):
     fails(SweepSpec(harvest=harvest, hookpoint="blocks.1.hook_resid_post", ks=[300], expansion_factors=[8.0]), "ks",
           "k=300 exceeds the smallest dictionary (256 latents")
     preflight(SweepSpec(harvest=harvest, hookpoint="blocks.1.hook_resid_post", ks=[4]))
+
+
+def test_sweep_target_hookpoint_must_be_harvested_too(tmp_path):
+    harvest = write_manifest(tmp_path / "h", ["blocks.1.hook_mlp_in"])
+    paired = dict(hookpoint="blocks.1.hook_mlp_in", target_hookpoint="blocks.1.hook_mlp_out", kinds=["transcoder"], ks=[4])
+    fails(SweepSpec(harvest=harvest, **paired), "target_hookpoint", "'blocks.1.hook_mlp_out' was not harvested in")
+    fails(SweepSpec(harvest_spec=HarvestSpec(hookpoints=["blocks.1.hook_mlp_in"]), **paired), "target_hookpoint",
+          "not in harvest_spec.hookpoints ['blocks.1.hook_mlp_in']")
+    preflight(SweepSpec(harvest=write_manifest(tmp_path / "both", ["blocks.1.hook_mlp_in", "blocks.1.hook_mlp_out"]), **paired))
 
 
 def test_sweep_hookpoint_must_be_in_harvest_spec(tmp_path):

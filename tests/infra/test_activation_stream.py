@@ -233,3 +233,29 @@ def test_aligned_harvests_stream_as_sources(tmp_path):
     assert torch.equal(rows[:, 0], rows[:, 1]), "both sources carry the same token in every row"
     single = torch.cat(list(iter_batches(StreamSpec(harvest=a, hookpoint=hookpoint, batch_size=5, shuffle_buffer=8, drop_last=False))))
     assert torch.equal(rows[:, 0], single), "source 0 is exactly the single-harvest stream"
+
+
+# -- (input, target) pairs for transcoders ---------------------------------------------------
+def test_target_hookpoint_streams_row_aligned_pairs_with_one_shuffle(tmp_path):
+    harvest, _ = write_fake_harvest(str(tmp_path), dtype="float32")  # hookpoint i's rows read seq*100 + pos + 0.5*i
+    paired = dict(harvest=harvest, hookpoint=HOOKPOINTS[0], batch_size=4, shuffle_buffer=6, seed=5, loop=True)
+    pairs = list(itertools.islice(iter_batches(StreamSpec(**paired, target_hookpoint=HOOKPOINTS[1])), 9))
+    singles = list(itertools.islice(iter_batches(StreamSpec(**paired)), 9))
+    for (x_BD, y_BD), alone_BD in zip(pairs, singles, strict=True):
+        assert x_BD.shape == y_BD.shape == (4, 8)
+        torch.testing.assert_close(y_BD - x_BD, torch.full_like(x_BD, 0.5))  # the same token, row for row
+        torch.testing.assert_close(x_BD, alone_BD)  # the input's order is the single-hookpoint stream's
+    # Resuming mid-stream gives the same pairs.
+    resumed = list(itertools.islice(iter_batches(StreamSpec(**paired, target_hookpoint=HOOKPOINTS[1]), start_batch=5), 4))
+    for (x_BD, y_BD), (x2_BD, y2_BD) in zip(pairs[5:], resumed, strict=True):
+        assert torch.equal(x_BD, x2_BD) and torch.equal(y_BD, y2_BD)
+
+
+def test_bad_target_hookpoints_are_one_line_errors(tmp_path):
+    harvest, _ = write_fake_harvest(str(tmp_path), dtype="float32")
+    with pytest.raises(StreamSpecError, match=r"fake-0123456789: target_hookpoint 'blocks\.0\.hook_mlp_out' was not harvested; available"):
+        iter_batches(StreamSpec(harvest=harvest, hookpoint=HOOKPOINTS[0], batch_size=4, target_hookpoint="blocks.0.hook_mlp_out"))
+    with pytest.raises(StreamSpecError, match="a hookpoint other than hookpoint"):
+        StreamSpec(harvest=harvest, hookpoint=HOOKPOINTS[0], target_hookpoint=HOOKPOINTS[0])
+    with pytest.raises(StreamSpecError, match="cannot be combined"):
+        StreamSpec(harvest=harvest, hookpoint=HOOKPOINTS[0], target_hookpoint=HOOKPOINTS[1], aligned_harvests=(harvest,))

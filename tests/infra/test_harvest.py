@@ -63,6 +63,22 @@ def test_stored_activations_equal_the_models_own(models, family, tmp_path):
     assert manifest["norm_stats"][HOOKPOINTS[1]]["mean_norm"] > 0
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_mlp_in_and_out_are_harvested_row_aligned(models, family, tmp_path):
+    """One harvest of an MLP's input and output: row i of both is the same token, and the MLP maps one to the other."""
+    pair = ["blocks.1.hook_mlp_in", "blocks.1.hook_mlp_out"]
+    job = plan(models[family], str(tmp_path), hookpoints=pair)
+    harvest_in_process(job, device="cpu")
+    tables = [open_activations(job.harvest, hp).to_table() for hp in pair]  # stored order, unsorted
+    for column in ("seq_id", "pos", "token_id"):
+        assert np.array_equal(tables[0].column(column).to_numpy(), tables[1].column(column).to_numpy())
+    x_ND, y_ND = (torch.tensor(activations_numpy(t)) for t in tables)
+    model, _ = load_model(models[family], device="cpu")
+    mlp = model.get_submodule({"gpt2": "transformer.h", "gpt_neox": "gpt_neox.layers", "llama": "model.layers"}[family])[1].mlp
+    with torch.no_grad():
+        torch.testing.assert_close(mlp(x_ND), y_ND, atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.e2e
 def test_resume_rewrites_no_finished_shard(models, tmp_path, ray_local):
     job = plan(models["gpt2"], str(tmp_path), dtype="float16")

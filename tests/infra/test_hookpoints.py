@@ -183,3 +183,65 @@ def test_capture_without_attention_mask_and_batch_independence(tiny):
     for name in names:
         torch.testing.assert_close(both[name][:1], first[name])
     assert model_facts(model.config).d_model == both[names[0]].shape[-1]
+
+
+# -- paired MLP hookpoints: what a transcoder reads and predicts ---------------------------
+# The norm each family applies right before its MLP: hook_mlp_in must equal its output.
+MLP_NORM = {"gpt2": "ln_2", "gpt_neox": "post_attention_layernorm", "llama": "post_attention_layernorm"}
+
+
+def mlp_io_by_module_hooks(model: torch.nn.Module, ids_BS: torch.Tensor, mask_BS: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """{hook_mlp_in: the pre-MLP norm's output, hook_mlp_out: the MLP's output} per layer, from the
+    model's own modules (independent of capture_activations' pre-hook on the MLP)."""
+    seen, handles = {}, []
+    for layer, block in enumerate(transformer_blocks(model)):
+        norm = getattr(block, MLP_NORM[model.config.model_type])
+        for module, name in ((norm, f"blocks.{layer}.hook_mlp_in"), (block.mlp, f"blocks.{layer}.hook_mlp_out")):
+            handles.append(module.register_forward_hook(lambda _m, _a, out, name=name: seen.__setitem__(name, out)))
+    try:
+        with torch.no_grad():
+            model(input_ids=ids_BS, attention_mask=mask_BS)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen
+
+
+def check_mlp_pairs(model: torch.nn.Module, ids_BS: torch.Tensor, mask_BS: torch.Tensor | None, layers: list[int]) -> None:
+    names = [Hookpoint(layer, kind).name for layer in layers for kind in ("mlp_in", "mlp_out")]
+    acts = capture_activations(model, names, ids_BS, mask_BS)
+    expected = mlp_io_by_module_hooks(model, ids_BS, mask_BS)
+    for layer in layers:
+        mlp_in_BSD, mlp_out_BSD = acts[f"blocks.{layer}.hook_mlp_in"], acts[f"blocks.{layer}.hook_mlp_out"]
+        assert mlp_in_BSD.shape == mlp_out_BSD.shape == (*ids_BS.shape, model.config.hidden_size)
+        torch.testing.assert_close(mlp_in_BSD, expected[f"blocks.{layer}.hook_mlp_in"])
+        torch.testing.assert_close(mlp_out_BSD, expected[f"blocks.{layer}.hook_mlp_out"])
+        # Row-aligned pair from one pass: the MLP applied to the captured input gives the captured output.
+        with torch.no_grad():
+            torch.testing.assert_close(transformer_blocks(model)[layer].mlp(mlp_in_BSD), mlp_out_BSD)
+        # Not the raw residual: the norm is applied (a transcoder reads what the MLP reads).
+        assert not torch.allclose(mlp_in_BSD, capture_activations(model, [f"blocks.{layer}.hook_resid_pre"], ids_BS, mask_BS)[
+            f"blocks.{layer}.hook_resid_pre"])
+
+
+def test_mlp_in_and_out_match_the_model_modules(tiny):
+    model, ids_BS, mask_BS = tiny
+    check_mlp_pairs(model, ids_BS, mask_BS, list(range(N_LAYERS)))
+
+
+def test_mlp_in_capture_stops_before_the_mlp_runs(tiny):
+    model, ids_BS, mask_BS = tiny
+    calls, handle = count_calls(transformer_blocks(model)[1].mlp)
+    try:
+        capture_activations(model, ["blocks.1.hook_mlp_in"], ids_BS, mask_BS)
+    finally:
+        handle.remove()
+    assert calls[0] == 0  # recorded from the pre-hook: the MLP itself is never needed
+
+
+def test_mlp_in_and_out_on_packaged_smollm2():
+    from infra.lm.models import PACKAGED_SMOLLM2
+
+    model, tokenizer = load_model(PACKAGED_SMOLLM2, device="cpu")
+    batch = tokenizer(TEXTS, return_tensors="pt", padding=True)
+    check_mlp_pairs(model, batch.input_ids, batch.attention_mask, [0, 6])

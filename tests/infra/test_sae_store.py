@@ -48,9 +48,13 @@ def test_truncated_weights_are_rejected(sae_dir, tmp_path):
 def test_unknown_architecture_is_named(sae_dir, tmp_path):
     cfg_path = tmp_path / "sae" / "cfg.json"
     cfg = json.loads(cfg_path.read_text())
-    cfg["architecture"] = "transcoder"
+    cfg["architecture"] = "matching_pursuit"  # a SAELens architecture saeflow does not read
     cfg_path.write_text(json.dumps(cfg))
-    with pytest.raises(SaeFormatError, match=r"architecture='transcoder' is not one of"):
+    with pytest.raises(SaeFormatError, match=r"architecture='matching_pursuit' is not one of"):
+        load_sae(sae_dir)
+    cfg["architecture"] = "transcoder"  # a transcoder format, but this directory's cfg has no d_out
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(SaeFormatError, match=r"cfg field d_out=None must be a positive integer"):
         load_sae(sae_dir)
 
 

@@ -94,3 +94,46 @@ def test_cfg_records_the_installed_saelens_version(tmp_path):
     save_sae(trained("relu").sae, str(tmp_path), metadata={"hook_name": "blocks.0.hook_resid_post"})
     metadata = json.loads((tmp_path / "cfg.json").read_text())["metadata"]
     assert metadata["sae_lens_version"] == sae_lens.__version__ == metadata["sae_lens_training_version"]
+
+
+# -- transcoders ---------------------------------------------------------------------------
+SAELENS_TRANSCODER_CLASS = {"transcoder-relu": "Transcoder", "skip_transcoder-relu": "SkipTranscoder",
+                            "transcoder-batchtopk": "JumpReLUTranscoder", "skip_transcoder-batchtopk": "JumpReLUSkipTranscoder"}
+
+
+@pytest.mark.parametrize("name", list(SAELENS_TRANSCODER_CLASS))
+def test_saelens_loads_saeflow_transcoders(name, tmp_path):
+    """The real sae-lens loads the export as its transcoder class and predicts the same MLP output."""
+    ours = trained(name).sae
+    assert float(ours.target_scale) != pytest.approx(float(ours.input_scale)), "both scales must be exercised"
+    metadata = {"hook_name": "blocks.6.hook_mlp_in", "hook_name_out": "blocks.6.hook_mlp_out", "model_name": "tiny"}
+    directory = save_sae(ours, str(tmp_path), metadata=metadata)
+    theirs = SAE.load_from_disk(directory, device="cpu")
+    assert type(theirs).__name__ == SAELENS_TRANSCODER_CLASS[name]
+    assert theirs.cfg.metadata.hook_name == "blocks.6.hook_mlp_in" and theirs.cfg.d_out == ours.cfg.d_out
+    x_BD = activation_batch(64, seed=11)
+    with torch.no_grad():
+        assert torch.allclose(theirs.encode(x_BD), ours.encode(x_BD), atol=1e-4)
+        assert torch.allclose(theirs(x_BD), ours.predict(x_BD), atol=1e-4)
+    back = load_sae(directory)  # and saeflow reads its export back
+    assert torch.allclose(back.predict(x_BD), ours.predict(x_BD), atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["transcoder-topk", "skip_transcoder-topk"])
+def test_saelens_refuses_topk_transcoders_by_name(name, tmp_path):
+    """SAELens has no TopK transcoder: the export is saeflow's own format, which SAELens refuses by name."""
+    directory = save_sae(trained(name, steps=3).sae, str(tmp_path), metadata={"hook_name": "blocks.6.hook_mlp_in"})
+    with pytest.raises(Exception, match=name.replace("-", "_")):
+        SAE.load_from_disk(directory, device="cpu")
+
+
+def test_saeflow_loads_a_saelens_skip_transcoder(tmp_path):
+    theirs = sae_lens.SkipTranscoder(sae_lens.SkipTranscoderConfig(d_in=16, d_sae=48, d_out=12, apply_b_dec_to_input=False))
+    with torch.no_grad():
+        for parameter in theirs.parameters():
+            parameter.normal_(generator=torch.Generator().manual_seed(parameter.numel()))
+    theirs.save_model(str(tmp_path))
+    ours = load_sae(str(tmp_path))
+    x_BD = activation_batch(64, seed=12)
+    with torch.no_grad():
+        assert torch.allclose(ours.predict(x_BD), theirs(x_BD), atol=1e-4)

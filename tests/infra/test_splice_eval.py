@@ -196,3 +196,45 @@ def test_cuda_model_with_cpu_sae(tiny):
         model.cpu()
     for name in ("ce_clean", "ce_spliced", "ce_zero_ablation", "ce_random_perturbation"):
         assert cuda[name] == pytest.approx(cpu[name], abs=1e-3)
+
+
+# -- transcoders: spliced in place of the MLP ------------------------------------------------
+def test_mlp_in_to_mlp_out_splice_replaces_the_mlp(tiny):
+    """Exact limits: the MLP itself as the 'transcoder' recovers everything; zeros are the zero-ablated MLP."""
+    model, ids_NS, special_NS = tiny
+    mlp = hooked_module(model, Hookpoint(1, "mlp_out"))
+    args = dict(source_hookpoint="blocks.1.hook_mlp_in", batch_contexts=4)
+    itself = splice_metrics(model, "blocks.1.hook_mlp_out", lambda x_BSD: mlp(x_BSD), ids_NS, special_NS, **args)
+    assert itself["ce_spliced"] == pytest.approx(itself["ce_clean"], abs=1e-5)
+    assert itself["ce_loss_recovered"] == pytest.approx(1.0, abs=1e-3)
+    # The input the splice reads is the MLP's input, not its output: doubling it changes the result.
+    doubled = splice_metrics(model, "blocks.1.hook_mlp_out", lambda x_BSD: mlp(2 * x_BSD), ids_NS, special_NS, **args)
+    assert abs(doubled["ce_spliced"] - itself["ce_clean"]) > 1e-4
+    zero = splice_metrics(model, "blocks.1.hook_mlp_out", torch.zeros_like, ids_NS, special_NS, **args)
+    assert zero["ce_zero_ablation_special_kept"] == pytest.approx(zero["ce_spliced"], abs=1e-6)
+
+
+def test_a_trained_transcoder_splices_through_its_prediction(tiny):
+    model, ids_NS, special_NS = tiny
+    pair = capture_activations(model, ["blocks.1.hook_mlp_in", "blocks.1.hook_mlp_out"], torch.as_tensor(ids_NS, dtype=torch.long))
+    x_ND, y_ND = (pair[name][torch.as_tensor(~special_NS)] for name in pair)
+    transcoder = build_sae(SaeConfig("topk", kind="skip_transcoder", d_in=D_MODEL, d_sae=64, k=8))
+    transcoder.init_from_data(x_ND, y_ND)
+    optimizer = torch.optim.Adam(transcoder.parameters(), lr=1e-2)
+    for _ in range(60):
+        loss = transcoder(x_ND, y_ND).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        transcoder.apply_constraints()
+    result = splice_metrics(model, "blocks.1.hook_mlp_out", transcoder, ids_NS, special_NS, source_hookpoint="blocks.1.hook_mlp_in")
+    by_hand = splice_metrics(model, "blocks.1.hook_mlp_out", lambda x_BSD: transcoder.predict(x_BSD.reshape(-1, D_MODEL)).view(x_BSD.shape),
+                             ids_NS, special_NS, source_hookpoint="blocks.1.hook_mlp_in")  # fmt: skip
+    assert result["ce_spliced"] == pytest.approx(by_hand["ce_spliced"], abs=1e-6)
+    assert result["ce_loss_recovered"] > 0.5  # fits its 60 training tokens' MLP far better than zero
+
+
+def test_source_must_be_upstream_of_the_spliced_hookpoint(tiny):
+    model, ids_NS, special_NS = tiny
+    with pytest.raises(ValueError, match=r"source_hookpoint blocks\.1\.hook_mlp_out must be upstream of hookpoint blocks\.1\.hook_mlp_in"):
+        splice_metrics(model, "blocks.1.hook_mlp_in", torch.zeros_like, ids_NS, special_NS, source_hookpoint="blocks.1.hook_mlp_out")

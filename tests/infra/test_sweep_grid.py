@@ -136,9 +136,45 @@ def test_deep_and_matryoshka_knobs_change_their_points_ids(harvest, tmp_path):
 
 def test_the_dead_window_scales_with_the_run_unless_given_and_enters_the_sae_ids(harvest, tmp_path):
     scaled = plan_with(harvest, str(tmp_path))
-    assert {p["sae_config"]["dead_after_tokens"] for p in scaled.points} == {4}, "a tenth of the run's 40 tokens"
+    assert {p.sae_config.dead_after_tokens for p in scaled.points} == {4}, "a tenth of the run's 40 tokens"
     given = plan_with(harvest, str(tmp_path), axes={**SMALL_AXES, "dead_window_tokens": 7})
-    assert {p["sae_config"]["dead_after_tokens"] for p in given.points} == {7}
+    assert {p.sae_config.dead_after_tokens for p in given.points} == {7}
     assert not ids(scaled)[1] & ids(given)[1], "every SAE id changes with the window"
     with pytest.raises(SweepSpecError, match=r"dead_window_tokens=0 is invalid: an integer >= 1"):
         plan_with(harvest, str(tmp_path), axes={**SMALL_AXES, "dead_window_tokens": 0})
+
+
+# --- paired sweeps: kinds crossed with architectures, the target hookpoint in the ids ---
+
+def test_kinds_cross_the_architectures_that_transcoders_support():
+    axes = {**AXES, "architectures": ["topk", "jumprelu"], "ks": [4], "kinds": ["sae", "transcoder", "skip_transcoder"]}
+    points = expand_grid(axes, d_in=16, total_steps=10, warmup_steps=0)
+    assert [(s.kind, s.architecture) for s, _ in points] == [
+        ("sae", "topk"), ("sae", "jumprelu"), ("transcoder", "topk"), ("skip_transcoder", "topk")]  # no jumprelu transcoder
+    assert [s.d_out for s, _ in points] == [None, None, 16, 16]
+
+
+def test_target_hookpoint_enters_every_id_and_leaves_unpaired_ids_alone(harvest, tmp_path):
+    unpaired = plan_with(harvest, str(tmp_path))
+    paired = plan_with(harvest, str(tmp_path), target_hookpoint=HOOKPOINTS[1])
+    assert "target_hookpoint" not in unpaired.conditions()  # ids of sweeps without a target are as before
+    assert ids(paired)[0] != ids(unpaired)[0] and not ids(paired)[1] & ids(unpaired)[1]
+    with_kinds = plan_with(harvest, str(tmp_path), axes={**SMALL_AXES, "kinds": ["sae", "transcoder"]}, target_hookpoint=HOOKPOINTS[1])
+    assert ids(paired)[1] < ids(with_kinds)[1]  # adding the transcoder kind keeps the SAE points' ids
+    assert {p.sae_config.kind for p in with_kinds.points} == {"sae", "transcoder"}
+    assert any(p.sae_id.startswith("transcoder-topk-") for p in with_kinds.points)
+
+
+@pytest.mark.parametrize(
+    "overrides, rule",
+    [
+        ({"axes": {**SMALL_AXES, "kinds": ["transcoder"]}}, r"kinds \['transcoder'\] need target_hookpoint"),
+        ({"target_hookpoint": "blocks.0.hook_mlp_out"}, r"target_hookpoint 'blocks\.0\.hook_mlp_out' was not harvested in .*; it has"),
+        ({"target_hookpoint": HOOKPOINTS[0]}, "is the input hookpoint"),
+    ],
+)
+def test_bad_pairings_fail_while_planning(harvest, tmp_path, overrides, rule):
+    from infra.sweep.grid import SweepSpecError
+
+    with pytest.raises(SweepSpecError, match=rule):
+        plan_with(harvest, str(tmp_path), **overrides)

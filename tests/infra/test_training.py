@@ -76,10 +76,10 @@ def test_a_failed_member_is_recorded_not_exported_and_the_rest_finish(tmp_path, 
     group = members(str(tmp_path))
     real_step = sae_core.trainer.SaeTrainer._step
 
-    def diverge_topk(self, x_BD):
+    def diverge_topk(self, x_BD, y_BO=None):
         if self.sae.architecture == "topk" and self.step == 15:
             raise sae_core.trainer.NonFiniteLossError(f"topk SAE: non-finite loss at step {self.step}: {{'mse': inf}}")
-        return real_step(self, x_BD)
+        return real_step(self, x_BD, y_BO)
 
     monkeypatch.setattr(sae_core.trainer.SaeTrainer, "_step", diverge_topk)
     records = train_group(group, stream(), eval_batches, checkpoint_every=10)
