@@ -111,7 +111,8 @@ def report_task(plan: SweepPlan, results_uri: str) -> str:
         write_bytes_atomic(plot_uris[name], png)
     columns = [c for c in ("sae_id", "status", "architecture", "d_sae", "k", "sparsity_coefficient", "lr", "l0", "explained_variance",
                            "ce_loss_recovered", "ce_loss_recovered_ci_low", "ce_loss_recovered_ci_high",
-                           "kl_div_score", "kl_spliced", "ce_loss_recovered_random", "splice_contexts_used", "dead_fraction", "epochs", "device_seconds")
+                           "kl_div_score", "kl_spliced", "ce_loss_recovered_random", "splice_contexts_used", "dead_fraction", "dead_fraction_tokens", "epochs",
+                           "device_seconds")
                if c in frame]
     table = frame[columns].round(4).astype(object)
     # k only means something for topk/batchtopk, the coefficient only for the others (both null in results).
