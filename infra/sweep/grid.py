@@ -71,6 +71,8 @@ class SweepPlan:
     """Steps between checkpoints; not in the ids (see NOT_IN_IDS)."""
     train_rows: int
     """Training rows after the eval split (BOS/EOS dropped): one epoch of the looping stream."""
+    held_out: str = ""
+    """What the split held out, for the report (e.g. "17 contexts, whole documents")."""
     splice_ci_width: float | None = None
     """Target width of ce_loss_recovered's 95% interval: splice scoring stops once reached (None scores all splice_contexts)."""
     target_hookpoint: str | None = None
@@ -114,6 +116,7 @@ NOT_IN_IDS = {
     "points": "each point has its own id; the sweep id stays independent of the grid axes",
     "checkpoint_every": "resuming from a checkpoint is exact (tests/infra/test_training.py), so when it is taken changes nothing",
     "train_rows": "follows from the harvest and eval_contexts",
+    "held_out": "the held-out split's size and rule (e.g. '17 contexts, whole documents'): follows from the harvest and eval_contexts",
     "groups": "which points share a stream; every group reads the same stream, so grouping changes no result (see below)",
 }
 """SweepPlan fields deliberately outside the ids, and why. Spec settings that are not plan fields
@@ -274,13 +277,14 @@ def plan_sweep(
     # The dead window scales with the run unless given: a fixed 10M would never let AuxK engage in a short run.
     window = axes.get("dead_window_tokens") or scaled_dead_window(total_steps * batch_size)
     grid = expand_grid({**axes, "dead_window_tokens": window}, manifest["d_model"], total_steps, warmup_steps, autocast_bf16)
-    train_seqs, _ = split_eval(harvest, eval_contexts)
+    train_seqs, held_out_seqs = split_eval(harvest, eval_contexts)
     # The training stream's own row count (BOS/EOS dropped, as it drops them): one epoch.
     train_rows = count_rows(StreamSpec(harvest=harvest, hookpoint=hookpoint, batch_size=batch_size, seqs=train_seqs, loop=True))
     plan = SweepPlan(
         sweep_id="", root=root, harvest=harvest, harvest_id=manifest["harvest_id"], hookpoint=hookpoint, d_in=manifest["d_model"],
         batch_size=batch_size, total_steps=total_steps, points=[], eval_contexts=eval_contexts, splice_contexts=splice_contexts,
         shuffle_buffer=shuffle_buffer, stream_seed=stream_seed, checkpoint_every=checkpoint_every, train_rows=train_rows,
+        held_out=f"{len(held_out_seqs.ids)} contexts, {held_out_seqs.rule}",
         splice_ci_width=splice_ci_width, target_hookpoint=target_hookpoint,
     )
     budget = {"train_tokens": train_tokens, "warmup_steps": warmup_steps, "autocast_bf16": autocast_bf16}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pandas as pd
 
-from infra.activations.split import split_eval
 from infra.sweep.grid import SweepPlan
 
 
@@ -12,9 +11,8 @@ def data_note(plan: SweepPlan) -> str:
     """How often each SAE saw its data: the training stream silently loops over the harvest."""
     tokens = plan.total_steps * plan.batch_size
     epochs = plan.epochs(tokens)
-    _, held_out = split_eval(plan.harvest, plan.eval_contexts)
-    note = (f"Training data: {plan.train_rows} rows after holding out {len(held_out.ids)} contexts ({held_out.rule}; "
-            f"{plan.eval_contexts} asked); each SAE trained on "
+    held_out = plan.held_out or f"{plan.eval_contexts} contexts"
+    note = (f"Training data: {plan.train_rows} rows after holding out {held_out} ({plan.eval_contexts} asked); each SAE trained on "
             f"{tokens} tokens = **{epochs:.2f} epochs**")
     return note + (" (the stream looped: every row was seen more than once).\n\n" if epochs > 1 else ".\n\n")
 
