@@ -19,14 +19,14 @@ Run: `.venv/bin/python -m bench.saelens_compare [--tokens N] [--steps S] [--batc
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import platform
 import tempfile
-import time
 from datetime import date
 from pathlib import Path
 
 import torch
+
+from bench.library_runs import fit_saeflow, fit_saelens, in_subprocess
 
 HOOKPOINT = "blocks.6.hook_resid_post"
 D_IN = 576
@@ -61,22 +61,17 @@ def batches(x_ND: torch.Tensor, batch: int, steps: int):
 
 def train_saeflow(architecture: str, expansion: int, x_ND, batch: int, steps: int, bf16: bool):
     from infra.allocator import keep_freed_memory
-    from sae_core import SaeConfig, SaeTrainer, TrainConfig, build_sae, fit_many
+    from sae_core import SaeConfig, TrainConfig
 
     keep_freed_memory()
     config = SaeConfig(architecture, d_in=D_IN, expansion_factor=expansion, k=32, sparsity_coefficient=L1_COEFFICIENT,
                        sparsity_warmup_fraction=0.0, normalize_activations=False, b_dec_init="zeros")
-    trainer = SaeTrainer(build_sae(config), TrainConfig(total_steps=steps, lr=LR, decay_fraction=0.0, max_grad_norm=1.0,
-                                                        autocast_bf16="always" if bf16 else "never"))
-    started = time.perf_counter()
-    for _ in fit_many([trainer], batches(x_ND, batch, steps)):
-        pass
-    return time.perf_counter() - started, trainer.sae.eval()
+    train = TrainConfig(total_steps=steps, lr=LR, decay_fraction=0.0, max_grad_norm=1.0, autocast_bf16="always" if bf16 else "never")
+    return fit_saeflow(config, train, batches(x_ND, batch, steps))
 
 
 def train_saelens(architecture: str, expansion: int, x_ND, batch: int, steps: int, bf16: bool, allocator: bool):
-    from sae_lens import SAETrainer, StandardTrainingSAE, StandardTrainingSAEConfig, TopKTrainingSAE, TopKTrainingSAEConfig
-    from sae_lens.config import LoggingConfig, SAETrainerConfig
+    from sae_lens import StandardTrainingSAE, StandardTrainingSAEConfig, TopKTrainingSAE, TopKTrainingSAEConfig
 
     if allocator:
         from infra.allocator import keep_freed_memory
@@ -87,12 +82,8 @@ def train_saelens(architecture: str, expansion: int, x_ND, batch: int, steps: in
         sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=D_IN, d_sae=d_sae, k=32))
     else:
         sae = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=D_IN, d_sae=d_sae, l1_coefficient=L1_COEFFICIENT))
-    cfg = SAETrainerConfig(total_training_samples=batch * steps, train_batch_size_samples=batch, lr=LR, lr_end=LR,
-                           autocast=bf16, logger=LoggingConfig(log_to_wandb=False))
-    trainer = SAETrainer(cfg=cfg, sae=sae, data_provider=batches(x_ND, batch, steps + 1))
-    started = time.perf_counter()
-    trainer.fit()
-    return time.perf_counter() - started, sae.eval()
+    seconds = fit_saelens(sae, batches(x_ND, batch, steps + 1), batch, steps, LR, autocast=bf16)
+    return seconds, sae.eval()
 
 
 def run_one(library: str, case: str, data_path: str, batch: int, steps: int, bf16: bool) -> dict:
@@ -110,11 +101,6 @@ def run_one(library: str, case: str, data_path: str, batch: int, steps: int, bf1
         acts_NF = sae.encode(data["held_out"])
         ev = float(explained_variance(data["held_out"], sae.decode(acts_NF)))
     return {"tok_s": batch * steps / seconds, "ev": ev, "l0": float(l0_norm(acts_NF))}
-
-
-def in_subprocess(*args) -> dict:
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(run_one, args)
 
 
 def main() -> None:
@@ -138,7 +124,7 @@ def main() -> None:
     print("|---" * (len(args.libraries) + 3) + "|")
     for case in args.cases:
         for precision in args.precisions:
-            results = {lib: in_subprocess(lib, case, data_path, args.batch, args.steps, precision == "bf16")
+            results = {lib: in_subprocess(run_one, lib, case, data_path, args.batch, args.steps, precision == "bf16")
                        for lib in args.libraries}
             cells = [f"{r['tok_s']:,.0f} tok/s, EV {r['ev']:.3f}, L0 {r['l0']:.0f}" for r in results.values()]
             ratio = results["saeflow"]["tok_s"] / results["saelens"]["tok_s"] if "saelens" in results else float("nan")

@@ -48,6 +48,14 @@ class HardSyntheticFeatures:
         # Scaled so that the expected count of independently drawn features is mean_active (capped at 1).
         self.frequency_N = (weights_N * self.mean_active / weights_N.sum()).clamp(max=1.0).float()
 
+    @property
+    def mean_l0(self) -> float:
+        """Expected active features per token once pairs are drawn: above mean_active, because a
+        partner fires with probability f_odd + (1 - f_odd) * f_even * pair_probability."""
+        pairs = self.num_features // 2
+        even_P, odd_P = self.frequency_N[0 : 2 * pairs : 2], self.frequency_N[1 : 2 * pairs : 2]
+        return float(self.frequency_N.sum() + ((1 - odd_P) * even_P * self.pair_probability).sum())
+
     def sample(self, num_tokens: int, generator: torch.Generator) -> Tensor:
         """[num_tokens, d] activations: sum of active directions times lognormal magnitudes."""
         active_TN = torch.rand(num_tokens, self.num_features, generator=generator) < self.frequency_N

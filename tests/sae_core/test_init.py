@@ -38,6 +38,8 @@ def test_topk_keeps_the_plain_transpose_and_bad_init_settings_are_refused():
 def test_hard_toy_has_power_law_frequencies_pairs_and_a_recovery_metric():
     truth = HardSyntheticFeatures(d=D, num_features=NUM_FEATURES, mean_active=4.0, seed=0)
     assert truth.frequency_N[0] > 20 * truth.frequency_N[-1]
+    # Pairs add partners on top of the independent draws, never more than pair_probability of them.
+    assert truth.mean_active < truth.mean_l0 < truth.mean_active * (1 + truth.pair_probability)
     x_ND = truth.sample(4096, torch.Generator().manual_seed(2))
     assert x_ND.shape == (4096, D) and torch.isfinite(x_ND).all()
     assert fraction_recovered(truth.directions_ND, truth.directions_ND) == 1.0
