@@ -27,10 +27,10 @@ def plan_sweep_task(spec: dict[str, Any], harvest: str) -> SweepPlan:
     """Validate the grid against the harvest, lay out storage and group the points; returns the plan."""
     axes = {key: spec[key] for key in ("architectures", "expansion_factors", "ks", "sparsity_coefficients", "lrs", "seeds")}
     axes.update({key: spec[key] for key in ARCHITECTURE_KNOBS if key in spec})
-    axes["kinds"] = spec.get("kinds", ["sae"])  # sae / transcoder / skip_transcoder, crossed with the architectures
+    axes["kinds"] = spec["kinds"]  # sae / transcoder / skip_transcoder, crossed with the architectures
     stage = {key: spec[key] for key in ("eval_contexts", "splice_contexts", "shuffle_buffer", "stream_seed", "checkpoint_every")}
     stage["splice_ci_width"] = spec.get("splice_ci_width")
-    stage["target_hookpoint"] = spec.get("target_hookpoint")
+    stage["target_hookpoint"] = spec["target_hookpoint"]
     plan = plan_sweep(
         spec["name"], spec["root"], harvest, spec["hookpoint"], axes, spec["train_tokens"], spec["batch_size"],
         spec["warmup_steps"], spec.get("autocast_bf16", "cuda"), **stage,
@@ -109,7 +109,8 @@ def report_task(plan: SweepPlan, results_uri: str) -> str:
     for name, png in sweep_plots(frame).items():
         plot_uris[name] = join(folder, "plots", name)
         write_bytes_atomic(plot_uris[name], png)
-    columns = [c for c in ("sae_id", "status", "architecture", "d_sae", "k", "sparsity_coefficient", "lr", "l0", "explained_variance",
+    kind = ("kind",) if plan.target_hookpoint else ()  # a paired sweep mixes SAEs and transcoders
+    columns = [c for c in ("sae_id", "status", *kind, "architecture", "d_sae", "k", "sparsity_coefficient", "lr", "l0", "explained_variance",
                            "ce_loss_recovered", "ce_loss_recovered_ci_low", "ce_loss_recovered_ci_high",
                            "kl_div_score", "kl_spliced", "ce_loss_recovered_random", "splice_contexts_used", "dead_fraction", "dead_fraction_tokens", "epochs",
                            "device_seconds")
@@ -120,7 +121,7 @@ def report_task(plan: SweepPlan, results_uri: str) -> str:
     table.loc[~uses_k, "k"] = "-"
     table.loc[uses_k, "sparsity_coefficient"] = "-"
     markdown = (
-        f"# Sweep `{plan.sweep_id}`\n\nHarvest `{plan.harvest}`, hookpoint `{plan.hookpoint}`, "
+        f"# Sweep `{plan.sweep_id}`\n\nHarvest `{plan.harvest}`, hookpoint `{plan.hookpoint}`{target_note(plan)}, "
         f"{plan.total_steps} steps x {plan.batch_size} tokens per SAE.\n\n{data_note(plan)}{below_random_note(frame)}"
         f"{table.to_markdown(index=False)}\n\n"
         + "\n".join(f"![{name[:-4]}](plots/{name})" for name in plot_uris)
@@ -134,6 +135,14 @@ def report_task(plan: SweepPlan, results_uri: str) -> str:
     create_table_artifact(table=table.to_dict(orient="records"), key="sweep-results", description=f"Sweep {plan.sweep_id}")
     create_markdown_artifact(markdown=markdown, key="sweep-report", description=f"Sweep {plan.sweep_id}")
     return report_uri
+
+
+def target_note(plan: SweepPlan) -> str:
+    """What a paired sweep's points are scored on (empty for a plain sweep)."""
+    if not plan.target_hookpoint:
+        return ""
+    return (f" -> target `{plan.target_hookpoint}` (transcoders predict it from the hookpoint and are spliced in place of what "
+            f"computes it, against zero-ablating that; the SAEs of this sweep learn the target itself)")
 
 
 @task

@@ -19,10 +19,18 @@ def pareto_frontier(frame: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
     return frame.loc[keep]
 
 
+def series_labels(frame: pd.DataFrame) -> pd.Series:
+    """What each point is plotted as: its architecture, prefixed by its kind when a sweep mixes kinds
+    (an SAE, a transcoder and a skip transcoder with the same sparsity are different curves)."""
+    if "kind" not in frame or frame["kind"].dropna().eq("sae").all():
+        return frame["architecture"]
+    return frame["kind"].fillna("sae") + " " + frame["architecture"]
+
+
 def tradeoff_png(frame: pd.DataFrame, x: str, y: str, title: str, log_x: bool = False) -> bytes:
-    """Scatter of every grid point, one colour per architecture, its Pareto frontier as a line."""
+    """Scatter of every grid point, one colour per architecture (and kind), its Pareto frontier as a line."""
     figure, axes = plt.subplots(figsize=(6.4, 4.4), dpi=110)
-    for architecture, rows in frame.groupby("architecture"):
+    for architecture, rows in frame.groupby(series_labels(frame)):
         rows = rows.dropna(subset=[x, y])
         if rows.empty:
             continue
