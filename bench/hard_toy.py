@@ -37,8 +37,8 @@ from sae_core import SaeConfig, TrainConfig
 from sae_core.config import K_ARCHITECTURES, scaled_dead_window
 from sae_core.metrics import explained_variance, l0_norm
 from sae_core.registry import SAE_CLASSES
-from sae_core.synthetic import recovery_score
-from sae_core.synthetic_hard import HardSyntheticFeatures, fraction_recovered
+from sae_core.synthetic import fraction_recovered, recovery_score
+from sae_core.synthetic_hard import HardSyntheticFeatures
 
 PENALTY_ARCHITECTURES = ("relu", "jumprelu", "gated")
 SAELENS_CLASSES = {

@@ -127,14 +127,20 @@ class SparseCoder(Dictionary):
         xs_BD = self.scale_inputs(x_BD)
         sparse = self.training and self.use_sparse_kernels and self.has_sparse_path
         xs_hat_BD, acts_BF, terms, differentiable_pre = (self._sparse_pass if sparse else self._plain_pass)(xs_BD)
-        losses = {"mse": (xs_hat_BD - xs_BD).pow(2).sum(dim=-1).mean()}
+        return self._output(xs_hat_BD, xs_BD, acts_BF, terms, differentiable_pre, sparsity_scale, self.input_scale)
+
+    def _output(self, hat_BD: Tensor, target_BD: Tensor, acts_BF: Tensor, terms: dict[str, Tensor],
+                differentiable_pre: Callable[[], Tensor], sparsity_scale: float, unit_scale: Tensor) -> SaeOutput:
+        """The loss of a scaled prediction of a scaled target (MSE, the scheduled sparsity terms, the
+        pre-activation std penalty), firing bookkeeping in training, the prediction back in model units."""
+        losses = {"mse": (hat_BD - target_BD).pow(2).sum(dim=-1).mean()}
         for name, term in terms.items():
             losses[name] = term * sparsity_scale if name == "sparsity" else term
         if self.cfg.pre_act_std_coefficient > 0:
             losses["pre_act_std"] = self.cfg.pre_act_std_coefficient * differentiable_pre().mean(dim=0).std()
         if self.training:
             self._track_firing(acts_BF)
-        return SaeOutput(xs_hat_BD / self.input_scale, acts_BF, sum(losses.values()), losses)
+        return SaeOutput(hat_BD / unit_scale, acts_BF, sum(losses.values()), losses)
 
     def _plain_pass(self, xs_BD: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor], Callable[[], Tensor]]:
         """(reconstruction, activations, sparsity terms, differentiable pre-activations) by dense products."""

@@ -58,8 +58,18 @@ def sample_batches(
 
 
 @torch.no_grad()
-def recovery_score(true_directions_ND: Tensor, W_dec_FD: Tensor) -> float:
-    """Mean over true features of the best cosine similarity with any decoder row (1 = all found)."""
+def best_cosines(true_directions_ND: Tensor, W_dec_FD: Tensor) -> Tensor:
+    """[N] each true feature's best cosine similarity with any decoder row."""
     true_unit_ND = true_directions_ND / true_directions_ND.norm(dim=1, keepdim=True)
     dec_unit_FD = W_dec_FD.float() / W_dec_FD.float().norm(dim=1, keepdim=True).clamp_min(1e-8)
-    return float((true_unit_ND @ dec_unit_FD.T).max(dim=1).values.mean())
+    return (true_unit_ND @ dec_unit_FD.T).max(dim=1).values
+
+
+def recovery_score(true_directions_ND: Tensor, W_dec_FD: Tensor) -> float:
+    """Mean over true features of the best cosine similarity with any decoder row (1 = all found)."""
+    return float(best_cosines(true_directions_ND, W_dec_FD).mean())
+
+
+def fraction_recovered(true_directions_ND: Tensor, W_dec_FD: Tensor, threshold: float = 0.9) -> float:
+    """Fraction of true features whose best decoder row has cosine above threshold."""
+    return float((best_cosines(true_directions_ND, W_dec_FD) > threshold).float().mean())

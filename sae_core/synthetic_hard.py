@@ -67,11 +67,3 @@ class HardSyntheticFeatures:
     def batches(self, batch_size: int, num_batches: int, seed: int | None = None) -> Iterator[Tensor]:
         """A reproducible stream of batches."""
         return sample_batches(self.sample, self.seed + 1 if seed is None else seed, batch_size, num_batches)
-
-
-@torch.no_grad()
-def fraction_recovered(true_directions_ND: Tensor, W_dec_FD: Tensor, threshold: float = 0.9) -> float:
-    """Fraction of true features whose best decoder row has cosine above threshold."""
-    true_unit_ND = true_directions_ND / true_directions_ND.norm(dim=1, keepdim=True)
-    dec_unit_FD = W_dec_FD.float() / W_dec_FD.float().norm(dim=1, keepdim=True).clamp_min(1e-8)
-    return float(((true_unit_ND @ dec_unit_FD.T).max(dim=1).values > threshold).float().mean())

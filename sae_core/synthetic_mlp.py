@@ -53,11 +53,3 @@ class SyntheticSparseMlp:
     def batches(self, batch_size: int, num_batches: int, seed: int | None = None) -> Iterator[tuple[Tensor, Tensor]]:
         """A reproducible stream of (x, y) batches."""
         return sample_batches(self.sample, self.seed + 1 if seed is None else seed, batch_size, num_batches)
-
-
-@torch.no_grad()
-def fraction_recovered(true_directions_NO: Tensor, W_dec_FO: Tensor, threshold: float = 0.9) -> float:
-    """Fraction of true directions whose best cosine with any decoder row exceeds threshold."""
-    true_unit_NO = true_directions_NO / true_directions_NO.norm(dim=1, keepdim=True)
-    dec_unit_FO = W_dec_FO.float() / W_dec_FO.float().norm(dim=1, keepdim=True).clamp_min(1e-8)
-    return float(((true_unit_NO @ dec_unit_FO.T).max(dim=1).values > threshold).float().mean())

@@ -115,14 +115,7 @@ class TranscoderMixin:
         xs_BD, ys_BO = self.scale_inputs(x_BD), self.scale_targets(y_BO)
         sparse = self.training and self.use_sparse_kernels and self.has_sparse_path
         ys_hat_BO, acts_BF, terms, differentiable_pre = self._predict_scaled(xs_BD, ys_BO, sparse)
-        losses = {"mse": (ys_hat_BO - ys_BO).pow(2).sum(dim=-1).mean()}
-        for name, term in terms.items():
-            losses[name] = term * sparsity_scale if name == "sparsity" else term
-        if self.cfg.pre_act_std_coefficient > 0:
-            losses["pre_act_std"] = self.cfg.pre_act_std_coefficient * differentiable_pre().mean(dim=0).std()
-        if self.training:
-            self._track_firing(acts_BF)
-        return SaeOutput(ys_hat_BO / self.target_scale, acts_BF, sum(losses.values()), losses)
+        return self._output(ys_hat_BO, ys_BO, acts_BF, terms, differentiable_pre, sparsity_scale, self.target_scale)
 
     def _predict_scaled(self, xs_BD: Tensor, ys_BO: Tensor, sparse: bool) -> tuple[Tensor, Tensor, dict[str, Tensor], Callable[[], Tensor]]:
         """(prediction, activations, sparsity terms, differentiable pre-activations), scaled units.

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from sae_core import SaeConfig, build_sae
-from sae_core.synthetic_hard import HardSyntheticFeatures, fraction_recovered
+from sae_core.synthetic import fraction_recovered
+from sae_core.synthetic_hard import HardSyntheticFeatures
 
 D, NUM_FEATURES = 32, 128
 

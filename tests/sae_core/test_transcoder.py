@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from sae_core import ConfigError, SaeConfig, SaeTrainer, TrainConfig, build_sae, fit_many
-from sae_core.synthetic_mlp import SyntheticSparseMlp, fraction_recovered
+from sae_core.synthetic import fraction_recovered
+from sae_core.synthetic_mlp import SyntheticSparseMlp
 from sae_core.transcoder import TRANSCODER_CLASSES, TopKTranscoder
 from tests.sae_core.helpers import D_IN, D_OUT, make_sae, training_batch
 
