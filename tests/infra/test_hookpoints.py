@@ -21,6 +21,16 @@ TEXTS = ["Emma Woodhouse, handsome, clever, and rich,", "with a comfortable home
 FINAL_NORM = {"gpt2": "transformer.ln_f", "gpt_neox": "gpt_neox.final_layer_norm", "llama": "model.norm"}
 
 
+def forward_then_remove(model, handles, ids_BS, mask_BS) -> None:
+    """One no-grad forward pass with the given hooks registered, which are removed whatever happens."""
+    try:
+        with torch.no_grad():
+            model(input_ids=ids_BS, attention_mask=mask_BS)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 @pytest.fixture(scope="module", params=FAMILIES)
 def tiny(request, tmp_path_factory):
     """(model, input_ids_BS, attention_mask_BS) for one family."""
@@ -127,12 +137,7 @@ def test_attn_and_mlp_out_match_module_outputs(tiny):
                 seen[name] = out[0] if isinstance(out, tuple) else out
 
             handles.append(hooked_module(model, hookpoint).register_forward_hook(store))
-    try:
-        with torch.no_grad():
-            model(input_ids=ids_BS, attention_mask=mask_BS)
-    finally:
-        for handle in handles:
-            handle.remove()
+    forward_then_remove(model, handles, ids_BS, mask_BS)
     for name, out_BSD in seen.items():
         torch.testing.assert_close(acts[name], out_BSD)
     # Independent of hooks: in eval mode every family's block adds exactly attn_out + mlp_out
@@ -198,12 +203,7 @@ def mlp_io_by_module_hooks(model: torch.nn.Module, ids_BS: torch.Tensor, mask_BS
         norm = getattr(block, MLP_NORM[model.config.model_type])
         for module, name in ((norm, f"blocks.{layer}.hook_mlp_in"), (block.mlp, f"blocks.{layer}.hook_mlp_out")):
             handles.append(module.register_forward_hook(lambda _m, _a, out, name=name: seen.__setitem__(name, out)))
-    try:
-        with torch.no_grad():
-            model(input_ids=ids_BS, attention_mask=mask_BS)
-    finally:
-        for handle in handles:
-            handle.remove()
+    forward_then_remove(model, handles, ids_BS, mask_BS)
     return seen
 
 
