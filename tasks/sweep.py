@@ -29,7 +29,8 @@ def plan_sweep_task(spec: dict[str, Any], harvest: str) -> SweepPlan:
     axes.update({key: spec[key] for key in ARCHITECTURE_KNOBS if key in spec})
     axes["kinds"] = spec["kinds"]  # sae / transcoder / skip_transcoder, crossed with the architectures
     stage = {key: spec[key] for key in ("eval_contexts", "splice_contexts", "shuffle_buffer", "stream_seed", "checkpoint_every")}
-    stage["splice_ci_width"] = spec.get("splice_ci_width")
+    stage["splice_ci_width"] = spec["splice_ci_width"]
+    stage["splice_baselines"] = spec["splice_baselines"]
     stage["target_hookpoint"] = spec["target_hookpoint"]
     plan = plan_sweep(
         spec["name"], spec["root"], harvest, spec["hookpoint"], axes, spec["train_tokens"], spec["batch_size"],
@@ -112,8 +113,9 @@ def report_task(plan: SweepPlan, results_uri: str) -> str:
     kind = ("kind",) if plan.target_hookpoint else ()  # a paired sweep mixes SAEs and transcoders
     columns = [c for c in ("sae_id", "status", *kind, "architecture", "d_sae", "k", "sparsity_coefficient", "lr", "l0", "explained_variance",
                            "ce_loss_recovered", "ce_loss_recovered_ci_low", "ce_loss_recovered_ci_high",
-                           "kl_div_score", "kl_spliced", "ce_loss_recovered_random", "splice_contexts_used", "dead_fraction", "dead_fraction_tokens", "epochs",
-                           "device_seconds")
+                           "kl_div_score", "kl_spliced", "ce_loss_recovered_random",
+                           "ce_loss_recovered_mean_ablation", "ce_loss_recovered_resample_ablation", "splice_contexts_used",
+                           "dead_fraction", "dead_fraction_tokens", "epochs", "device_seconds")
                if c in frame]
     table = frame[columns].round(4).astype(object)
     # k only means something for topk/batchtopk, the coefficient only for the others (both null in results).

@@ -174,3 +174,22 @@ def activations_numpy(table: pa.Table) -> np.ndarray:
     """The activation column of a table as a [rows, d_model] numpy array (zero-copy where possible)."""
     column = table.column("activation").combine_chunks()
     return column.values.to_numpy(zero_copy_only=False).reshape(len(column), column.type.list_size)
+
+
+def leading_rows(harvest: str, hookpoint: str, rows: int, exclude_seqs: tuple[int, ...] = ()) -> np.ndarray:
+    """[M <= rows, d_model] float32: the first `rows` non-special activations at the hookpoint, in file
+    order, skipping the contexts in exclude_seqs (a held-out split, so a baseline never sees them)."""
+    keep = ~ds.field("special")
+    if exclude_seqs:
+        keep = keep & ~ds.field("seq_id").isin(list(exclude_seqs))
+    chunks, total = [], 0
+    for batch in open_activations(harvest, hookpoint).scanner(columns=["activation"], filter=keep).to_batches():
+        if batch.num_rows == 0:
+            continue
+        chunks.append(activations_numpy(pa.Table.from_batches([batch])).astype(np.float32))
+        total += len(chunks[-1])
+        if total >= rows:
+            break
+    if not chunks:
+        raise ValueError(f"{harvest} hookpoint {hookpoint}: no non-special rows outside the held-out contexts")
+    return np.concatenate(chunks)[:rows]

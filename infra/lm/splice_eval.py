@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -148,9 +149,36 @@ def _forward_capturing_both(model: nn.Module, source: Hookpoint, hookpoint: Hook
     return logits_BSV, captured[0], x_BSD
 
 
+@dataclass(frozen=True)
+class AblationBaselines:
+    """Baselines besides SAELens's zero ablation that CE loss recovered is also measured against.
+
+    Zero ablation overstates recovery for an activation with a large mean (Chan et al. 2022): removing
+    the mean alone is most of the damage. Mean ablation replaces x by the mean activation, resample
+    ablation by the activation of a random other token; both over training rows of the harvest, so
+    the held-out contexts scored here never shape their own baseline. Special positions stay clean.
+    """
+
+    mean_D: Tensor | None = None
+    resample_MD: Tensor | None = None
+    """Rows a resample ablation draws from, one per position, with its own seeded generator."""
+    seed: int = 1
+
+    def replacements(self, x_BSD: Tensor, special_BS1: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+        """{run name: replacement [B, S, D]} for the baselines that are set."""
+        runs = {}
+        if self.mean_D is not None:
+            runs["mean_ablation"] = torch.where(special_BS1, x_BSD, self.mean_D.to(x_BSD).expand_as(x_BSD))
+        if self.resample_MD is not None:
+            index_BS = torch.randint(len(self.resample_MD), x_BSD.shape[:-1], generator=generator)
+            rows_BSD = self.resample_MD[index_BS.to(self.resample_MD.device)].to(x_BSD)
+            runs["resample_ablation"] = torch.where(special_BS1, x_BSD, rows_BSD)
+        return runs
+
+
 def _score_batch(
     model: nn.Module, hookpoint: Hookpoint, splice: SpliceFn, ids_BS: Tensor, special_BS: Tensor, generator: torch.Generator,
-    source: Hookpoint | None = None,
+    source: Hookpoint | None = None, baselines: AblationBaselines | None = None, baseline_generator: torch.Generator | None = None,
 ) -> dict[str, Tensor]:
     """Run clean and every intervention on one batch; per-context ([B]) CE / KL sums and counts."""
     special_BS1 = special_BS.unsqueeze(-1)
@@ -184,6 +212,8 @@ def _score_batch(
         "zero_ablation_special_kept": torch.where(special_BS1, x_BSD, torch.zeros_like(x_BSD)),
         "random_perturbation": x_BSD + noise_BSD.to(x_BSD.dtype),
     }
+    if baselines is not None:
+        replacements.update(baselines.replacements(x_BSD, special_BS1, baseline_generator))
     for name, x_new_BSD in replacements.items():
         with replacing_activation(model, hookpoint, lambda _x, x_new_BSD=x_new_BSD: x_new_BSD):
             run_logits_BSV = model(input_ids=ids_BS, use_cache=False).logits
@@ -202,6 +232,7 @@ def splice_metrics(
     seed: int = 0,
     target_ci_width: float | None = None,
     source_hookpoint: Hookpoint | str | None = None,
+    baselines: AblationBaselines | None = None,
 ) -> dict[str, float]:
     """CE / KL of the model with the hookpoint spliced, zero-ablated and randomly perturbed, with bootstrap intervals.
 
@@ -211,6 +242,9 @@ def splice_metrics(
     With target_ci_width, contexts are scored batch by batch and scoring stops once the 95%
     interval of ce_loss_recovered is at most that wide (or the contexts run out; see
     splice_contexts_used): the evaluation is sized by the precision asked for.
+
+    With baselines (mean and/or resample ablation), ce_loss_recovered_mean_ablation /
+    ce_loss_recovered_resample_ablation are reported too; ce_loss_recovered stays SAELens's (zero).
     """
     (hookpoint,) = resolve_hookpoints(model.config, [hookpoint])
     source = None
@@ -234,13 +268,15 @@ def splice_metrics(
     splice = _as_splice_fn(sae_or_fn)
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
+    # Its own generator: asking for a resample baseline leaves the random-perturbation draws as they were.
+    baseline_generator = torch.Generator().manual_seed(baselines.seed if baselines is not None else 0)
     batches: list[dict[str, Tensor]] = []
     # Dropout (model) or batch-level latent choice (BatchTopK) would make runs differ by more than the splice.
     with _eval_mode(model), _eval_mode(sae_or_fn):
         for start in range(0, ids_NS.shape[0], batch_contexts):
             ids_BS = ids_NS[start : start + batch_contexts].to(device=device, dtype=torch.long)
             special_BS = special_NS[start : start + batch_contexts].to(device)
-            batches.append(_score_batch(model, hookpoint, splice, ids_BS, special_BS, generator, source))
+            batches.append(_score_batch(model, hookpoint, splice, ids_BS, special_BS, generator, source, baselines, baseline_generator))
             if target_ci_width is not None and _width_reached(_concat(batches), target_ci_width):
                 break
     return summarize(_concat(batches))

@@ -23,7 +23,9 @@ from torch import Tensor
 from sae_core.bootstrap import bootstrap_interval, point_estimate, ratio_statistic, recovered_statistic
 
 RUNS = ("spliced", "zero_ablation", "zero_ablation_special_kept", "random_perturbation")
-"""The interventions of a splice evaluation; each is compared with the clean run."""
+"""The interventions of every splice evaluation; each is compared with the clean run."""
+OPTIONAL_RUNS = ("mean_ablation", "resample_ablation")
+"""Baselines run only when asked for (splice_eval.AblationBaselines)."""
 CI_METRIC = "ce_loss_recovered"
 """The interval a target width (splice_ci_width) is measured on."""
 
@@ -33,11 +35,17 @@ _RECOVERED = {
     "ce_loss_recovered_random": recovered_statistic("ce_clean", "ce_random_perturbation", "ce_zero_ablation"),
     "kl_div_score": recovered_statistic("", "kl_spliced", "kl_zero_ablation"),
     "kl_div_score_special_kept": recovered_statistic("", "kl_spliced", "kl_zero_ablation_special_kept"),
+    **{f"ce_loss_recovered_{name}": recovered_statistic("ce_clean", "ce_spliced", f"ce_{name}") for name in OPTIONAL_RUNS},
 }
 _MEANS = {
-    **{f"ce_{name}": ("ce_" + name, "n_ce") for name in ("clean", *RUNS)},
-    **{f"kl_{name}": ("kl_" + name, "n_kl") for name in RUNS},
+    **{f"ce_{name}": ("ce_" + name, "n_ce") for name in ("clean", *RUNS, *OPTIONAL_RUNS)},
+    **{f"kl_{name}": ("kl_" + name, "n_kl") for name in (*RUNS, *OPTIONAL_RUNS)},
 }
+
+
+def _run_missing(name: str, sums_N: dict[str, Tensor]) -> bool:
+    """Whether a score needs an optional run that was not asked for."""
+    return any(name.endswith(run) and f"ce_{run}" not in sums_N for run in OPTIONAL_RUNS)
 WITH_INTERVAL = ("ce_loss_recovered", "kl_div_score", "kl_spliced")
 """Scores reported with a bootstrap confidence interval over contexts (columns NAME_ci_low / NAME_ci_high)."""
 
@@ -58,8 +66,10 @@ def summarize(sums_N: dict[str, Tensor]) -> dict[str, float]:
     n_ce, n_kl = float(sums_N["n_ce"].sum()), float(sums_N["n_kl"].sum())
     if n_ce == 0:
         raise ValueError("splice_metrics: every prediction comes from a special position; nothing to score")
-    result = {name: point_estimate(sums_N, ratio_statistic(*fields)) for name, fields in _MEANS.items()}
+    result = {name: point_estimate(sums_N, ratio_statistic(*fields)) for name, fields in _MEANS.items() if not _run_missing(name, sums_N)}
     for name, statistic in _RECOVERED.items():
+        if _run_missing(name, sums_N):
+            continue
         # An ablation that does not change the loss leaves nothing to recover: nan, not +-inf.
         with torch.no_grad():
             value = point_estimate(sums_N, statistic)

@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from infra.activations.store import activations_numpy, open_activations
+from infra.activations.store import leading_rows
 from infra.lm.hookpoints import Hookpoint
 from infra.lm.splice_eval import forward_capturing, replacing_activation
 from sae_core import SparseCoder
@@ -27,16 +25,9 @@ from sae_core.metrics import ce_loss_recovered
 from sae_core.steering import ablate, latent_replacement, set_latents
 
 
-def harvest_rows(harvest: str, hookpoint: str, rows: int) -> Tensor:
-    """[M, D] the first `rows` non-special activations of the harvest at the hookpoint (float32)."""
-    chunks, total = [], 0
-    for batch in open_activations(harvest, hookpoint).to_batches(columns=["special", "activation"]):
-        table = pa.Table.from_batches([batch.filter(pc.invert(batch.column("special")))])
-        chunks.append(activations_numpy(table).astype(np.float32))
-        total += len(chunks[-1])
-        if total >= rows:
-            break
-    return torch.from_numpy(np.concatenate(chunks)[:rows])
+def harvest_rows(harvest: str, hookpoint: str, rows: int, exclude_seqs: tuple[int, ...] = ()) -> Tensor:
+    """[M, D] the first `rows` non-special activations of the harvest at the hookpoint (float32), held-out contexts skipped."""
+    return torch.from_numpy(leading_rows(harvest, hookpoint, rows, exclude_seqs))
 
 
 @torch.no_grad()

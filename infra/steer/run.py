@@ -116,7 +116,10 @@ class Steerer:
     def stats_rows(self, sequences: list[list[int]]) -> torch.Tensor:
         """[M, D] activations the mean / resample ablations draw on: the harvest's, else the sequences' own."""
         if self.plan.harvest is not None:
-            return harvest_rows(self.plan.harvest, self.plan.hookpoint, self.plan.settings.stat_rows).to(self.device)
+            from infra.activations.split import split_eval
+
+            held_out = split_eval(self.plan.harvest, self.plan.settings.contexts)[1]  # the scored contexts stay out of the baselines
+            return harvest_rows(self.plan.harvest, self.plan.hookpoint, self.plan.settings.stat_rows, held_out.ids).to(self.device)
         rows = [hookpoint_activations(self.model, self.hookpoint, ids)[~torch.isin(torch.tensor(ids), self.specials)] for ids in sequences]
         return torch.cat(rows)
 

@@ -78,6 +78,8 @@ class SweepPlan:
     target_hookpoint: str | None = None
     """Paired sweeps: the activation transcoders predict from `hookpoint` (e.g. blocks.6.hook_mlp_out from
     blocks.6.hook_mlp_in); the SAEs of such a sweep learn this one, and every point is spliced here."""
+    splice_baselines: list[str] = field(default_factory=list)
+    """Ablation baselines besides zero (SAELens's) that CE loss recovered is also reported against: mean, resample."""
     groups: list[list[str]] = field(default_factory=list)
     """sae_ids of the points that share one stream, one list per group (see group_points); not in the ids."""
 
@@ -89,9 +91,10 @@ class SweepPlan:
     def conditions(self) -> dict[str, Any]:
         """The settings, besides each point's own configs, that change a point's artifacts."""
         conditions = {key: getattr(self, key) for key in CONDITION_FIELDS}
-        if conditions["target_hookpoint"] is None:
-            # Unpaired sweeps hash as they did before target hookpoints existed: their ids stay put.
-            del conditions["target_hookpoint"]
+        # Settings added later hash only when used, so the ids of sweeps that do not use them stay put.
+        for key, unused in (("target_hookpoint", None), ("splice_baselines", [])):
+            if conditions[key] == unused:
+                del conditions[key]
         return conditions
 
     def epochs(self, train_tokens: int) -> float:
@@ -105,8 +108,10 @@ class SweepPlan:
 
 
 CONDITION_FIELDS = ("harvest_id", "hookpoint", "batch_size", "eval_contexts", "splice_contexts", "shuffle_buffer", "stream_seed", "splice_ci_width",
-                    "target_hookpoint")
+                    "target_hookpoint", "splice_baselines")
 """SweepPlan fields hashed into every sae_id and the sweep_id."""
+SPLICE_BASELINES = ("mean", "resample")
+"""Ablation baselines a sweep may add to SAELens's zero ablation (infra.lm.splice_eval.AblationBaselines)."""
 NOT_IN_IDS = {
     "sweep_id": "the id itself",
     "root": "where artifacts live, not what they are",
@@ -255,6 +260,7 @@ def plan_sweep(
     checkpoint_every: int = 200,
     splice_ci_width: float | None = None,
     target_hookpoint: str | None = None,
+    splice_baselines: list[str] | None = None,
 ) -> SweepPlan:
     """Check the harvest and the grid, then lay out every point's storage; nothing is trained."""
     from infra.activations.store import MANIFEST_FILE, read_manifest
@@ -267,6 +273,9 @@ def plan_sweep(
     if hookpoint not in manifest["hookpoints"]:
         raise SweepSpecError(f"hookpoint {hookpoint!r} was not harvested in {harvest}; it has {manifest['hookpoints']}")
     check_pairing(hookpoint, target_hookpoint, axes.get("kinds", ["sae"]), manifest["hookpoints"], harvest)
+    unknown = sorted(set(splice_baselines or []) - set(SPLICE_BASELINES))
+    if unknown:
+        raise SweepSpecError(f"splice_baselines {unknown} are unknown: choose from {list(SPLICE_BASELINES)} (zero ablation is always run)")
     if splice_ci_width is not None and not splice_ci_width > 0:
         raise SweepSpecError(f"splice_ci_width={splice_ci_width!r} is invalid: a width > 0 (or null to score every splice context)")
     if batch_size < 1 or train_tokens < batch_size:
@@ -285,7 +294,7 @@ def plan_sweep(
         batch_size=batch_size, total_steps=total_steps, points=[], eval_contexts=eval_contexts, splice_contexts=splice_contexts,
         shuffle_buffer=shuffle_buffer, stream_seed=stream_seed, checkpoint_every=checkpoint_every, train_rows=train_rows,
         held_out=f"{len(held_out_seqs.ids)} contexts, {held_out_seqs.rule}",
-        splice_ci_width=splice_ci_width, target_hookpoint=target_hookpoint,
+        splice_ci_width=splice_ci_width, target_hookpoint=target_hookpoint, splice_baselines=sorted(splice_baselines or []),
     )
     budget = {"train_tokens": train_tokens, "warmup_steps": warmup_steps, "autocast_bf16": autocast_bf16}
     plan.sweep_id = sweep_id_for(name, plan.conditions(), budget)

@@ -14,11 +14,11 @@ from typing import Any
 import pandas as pd
 import torch
 
-from infra.activations.store import read_manifest, read_tokens_table
+from infra.activations.store import leading_rows, read_manifest, read_tokens_table
 from infra.activations.stream import SeqSelection, StreamSpec, iter_batches, split_eval
 from infra.cost import device_label, record_rate
 from infra.lm.models import load_model, model_provenance
-from infra.lm.splice_eval import splice_metrics
+from infra.lm.splice_eval import AblationBaselines, splice_metrics
 from infra.lm.tokens import tokens_from_table
 from infra.parquet_io import read_parquet, write_parquet_atomic
 from infra.progress import ItemReporter, PoolProgress
@@ -31,6 +31,8 @@ from infra.training.group import GroupMember, member_record, train_group
 from sae_core import SparseCoder
 from sae_core.devices import pick_device
 
+BASELINE_ROWS = 16_384
+"""Training rows the mean / resample ablation baselines are drawn from (the mean's standard error is ~1% of the spread)."""
 
 class TrainGroupWorker:
     """Trains groups of a sweep plan; loads the model once, lazily, for splice evaluation."""
@@ -45,6 +47,7 @@ class TrainGroupWorker:
         self.manifest = read_manifest(self.plan.harvest)
         self.train_range, self.eval_range = split_eval(self.plan.harvest, self.plan.eval_contexts)
         self._model: torch.nn.Module | None = None
+        self._ablation_baselines: AblationBaselines | None = None
 
     def _stream(self, seqs: SeqSelection, training: bool, seed: int) -> StreamSpec:
         # Evaluation reads every held-out row once, unshuffled; training loops, shuffled, in full batches.
@@ -77,8 +80,21 @@ class TrainGroupWorker:
         spliced, source = self.plan.target_hookpoint or self.plan.hookpoint, self.plan.hookpoint if sae.paired else None
         return splice_metrics(
             self._model, spliced, sae.to(self.device), tokens.token_ids_NS[rows], tokens.special_NS[rows],
-            target_ci_width=self.plan.splice_ci_width, source_hookpoint=source,
+            target_ci_width=self.plan.splice_ci_width, source_hookpoint=source, baselines=self._baselines(spliced),
         )
+
+    def _baselines(self, spliced: str) -> AblationBaselines | None:
+        """The sweep's mean / resample ablation baselines at the spliced hookpoint, from training rows (once per actor)."""
+        if not self.plan.splice_baselines:
+            return None
+        if self._ablation_baselines is None:
+            rows_MD = torch.from_numpy(leading_rows(self.plan.harvest, spliced, BASELINE_ROWS, self.eval_range.ids)).to(self.device)
+            self._ablation_baselines = AblationBaselines(
+                mean_D=rows_MD.mean(dim=0) if "mean" in self.plan.splice_baselines else None,
+                resample_MD=rows_MD if "resample" in self.plan.splice_baselines else None,
+                seed=self.plan.stream_seed + 1,
+            )
+        return self._ablation_baselines
 
     def train(self, group_index: int) -> list[dict[str, Any]]:
         """Train, evaluate and export one group; returns its records."""

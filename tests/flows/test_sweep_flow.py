@@ -48,6 +48,7 @@ def spec(harvest: str, root: Path, **overrides) -> SweepSpec:
         "warmup_steps": 10,
         "eval_contexts": 8,
         "splice_contexts": 4,
+        "splice_baselines": ["mean", "resample"],
         "checkpoint_every": 40,
         "shuffle_buffer": 2048,
         "root": str(root),
@@ -66,6 +67,9 @@ def test_sweep_trains_evaluates_reports_and_caches(stored_harvest, monkeypatch):
     assert (results["explained_variance"] > 0.5).all(), results[["sae_id", "explained_variance"]]
     assert results["ce_loss_recovered"].notna().all() and results["kl_spliced"].ge(0).all()
     assert results["device_seconds"].gt(0).all()
+    # Mean and resample ablation baselines ride along; ce_loss_recovered stays SAELens's zero-ablation figure.
+    assert results[["ce_loss_recovered_mean_ablation", "ce_loss_recovered_resample_ablation"]].notna().all(axis=None)
+    assert (results["ce_mean_ablation"] < results["ce_zero_ablation"]).all()
     # Every headline score carries its 95% bootstrap interval over held-out contexts.
     for name, value in (("ce_loss_recovered", "ce_loss_recovered"), ("kl_div_score", "kl_div_score"),
                         ("kl_spliced", "kl_spliced"), ("explained_variance", "explained_variance_pooled")):

@@ -238,3 +238,28 @@ def test_source_must_be_upstream_of_the_spliced_hookpoint(tiny):
     model, ids_NS, special_NS = tiny
     with pytest.raises(ValueError, match=r"source_hookpoint blocks\.1\.hook_mlp_out must be upstream of hookpoint blocks\.1\.hook_mlp_in"):
         splice_metrics(model, "blocks.1.hook_mlp_in", torch.zeros_like, ids_NS, special_NS, source_hookpoint="blocks.1.hook_mlp_out")
+
+
+# -- selectable baselines: mean and resample ablation --------------------------------------------
+def test_mean_and_resample_baselines_equal_splicing_in_what_they_replace_with(tiny):
+    from infra.lm.splice_eval import AblationBaselines
+
+    model, ids_NS, special_NS = tiny
+    hookpoint = SPLICE_POINTS[0]
+    x_ND = activations(model, hookpoint, ids_NS).reshape(-1, D_MODEL)
+    mean_D, row_D = x_ND.mean(dim=0), x_ND[3]
+    sae = topk_sae(x_ND, steps=5)
+    # One pool row: every resampled position gets it, so resample ablation == splicing that constant row.
+    baselines = AblationBaselines(mean_D=mean_D, resample_MD=row_D[None])
+    result = splice_metrics(model, hookpoint, sae, ids_NS, special_NS, baselines=baselines)
+    as_mean = splice_metrics(model, hookpoint, lambda x_BSD: mean_D.expand_as(x_BSD), ids_NS, special_NS)
+    as_row = splice_metrics(model, hookpoint, lambda x_BSD: row_D.expand_as(x_BSD), ids_NS, special_NS)
+    assert result["ce_mean_ablation"] == pytest.approx(as_mean["ce_spliced"], rel=1e-6)
+    assert result["ce_resample_ablation"] == pytest.approx(as_row["ce_spliced"], rel=1e-6)
+    expected = (result["ce_mean_ablation"] - result["ce_spliced"]) / (result["ce_mean_ablation"] - result["ce_clean"])
+    assert result["ce_loss_recovered_mean_ablation"] == pytest.approx(expected, rel=1e-6)
+    # SAELens's zero-ablation figure and the random baseline are untouched by asking for more baselines.
+    plain = splice_metrics(model, hookpoint, sae, ids_NS, special_NS)
+    for name in ("ce_loss_recovered", "ce_loss_recovered_random", "kl_div_score"):
+        assert result[name] == pytest.approx(plain[name], rel=1e-9), name
+    assert "ce_loss_recovered_mean_ablation" not in plain and "ce_resample_ablation" not in plain

@@ -57,7 +57,8 @@ def test_the_same_spec_gives_the_same_ids(harvest, tmp_path):
 @pytest.mark.parametrize(
     "change",
     [{"eval_contexts": 3}, {"splice_contexts": 2}, {"splice_contexts": 0}, {"shuffle_buffer": 16}, {"stream_seed": 1},
-     {"batch_size": 2}, {"train_tokens": 80}, {"warmup_steps": 3}, {"autocast_bf16": "never"}, {"splice_ci_width": 0.05}],
+     {"batch_size": 2}, {"train_tokens": 80}, {"warmup_steps": 3}, {"autocast_bf16": "never"}, {"splice_ci_width": 0.05},
+     {"splice_baselines": ["mean"]}, {"splice_baselines": ["resample"]}],
 )
 def test_every_setting_that_changes_a_result_changes_every_id(harvest, tmp_path, change):
     sweep_id, sae_ids = ids(plan_with(harvest, str(tmp_path)))
