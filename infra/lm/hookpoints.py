@@ -15,7 +15,8 @@ forward pass as soon as the last requested activation is recorded, so harvesting
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -88,50 +89,69 @@ READS_INPUT = ("resid_pre", "mlp_in")
 """Kinds captured as their hooked module's input (a forward pre-hook); the others are outputs."""
 
 
-def _hidden(value: Any) -> Tensor:
-    # Attention returns (output, weights); transformers 5 decoder layers return a bare tensor.
-    return value[0] if isinstance(value, (tuple, list)) else value
-
-
 def capture_activations(
     model: nn.Module,
     hookpoints: Sequence[str | Hookpoint],
     input_ids_BS: Tensor,
     attention_mask_BS: Tensor | None = None,
 ) -> dict[str, Tensor]:
-    """{hookpoint name: activations [B, S, d_model]}, running the model only as deep as needed."""
+    """{hookpoint name: activations [B, S, d_model]}, running the model only as deep as needed.
+
+    Through the same hooks as every intervention (replacing_activation), with an edit that records
+    the activation and returns it unchanged: what the harvest stores is what a splice replaces.
+    """
     wanted = resolve_hookpoints(model.config, hookpoints)
     captured: dict[str, Tensor] = {}
 
-    def record(name: str, value: Tensor) -> None:
+    def record(name: str, value: Tensor) -> Tensor:
         captured[name] = value.detach()
         if len(captured) == len(wanted):
             raise _StopForward  # nothing later is read: skip the remaining blocks and the unembedding
+        return value
 
-    handles = []
-    try:
+    with ExitStack() as hooks:
         for hookpoint in wanted:
-            module, name = hooked_module(model, hookpoint), hookpoint.name
-            if hookpoint.kind in READS_INPUT:
-                # Llama's layers may get hidden_states as a keyword, GPT-2's positionally.
-                def pre_hook(_m: nn.Module, args: tuple, kwargs: dict, name: str = name) -> None:
-                    record(name, args[0] if args else kwargs["hidden_states"])
-
-                handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
-            else:
-
-                def hook(_m: nn.Module, _args: tuple, output: Any, name: str = name) -> None:
-                    record(name, _hidden(output))
-
-                handles.append(module.register_forward_hook(hook))
-        with torch.no_grad():
-            model(input_ids=input_ids_BS, attention_mask=attention_mask_BS, use_cache=False)
-    except _StopForward:
-        pass
-    finally:
-        for handle in handles:
-            handle.remove()
+            hooks.enter_context(replacing_activation(model, hookpoint, lambda x, name=hookpoint.name: record(name, x)))
+        try:
+            with torch.no_grad():
+                model(input_ids=input_ids_BS, attention_mask=attention_mask_BS, use_cache=False)
+        except _StopForward:
+            pass
     missing = [h.name for h in wanted if h.name not in captured]
     if missing:
         raise HookpointError(f"hookpoints {missing} were never reached in {type(model).__name__}'s forward pass")
     return {h.name: captured[h.name] for h in wanted}
+
+
+@contextmanager
+def replacing_activation(model: nn.Module, hookpoint: Hookpoint, edit: Callable[[Tensor], Tensor]) -> Iterator[None]:
+    """Within the block, the hookpoint's activation x_BSD is replaced by edit(x_BSD)."""
+    module = hooked_module(model, hookpoint)
+
+    def new_value(x_BSD: Tensor) -> Tensor:
+        x_new_BSD = edit(x_BSD)
+        if x_new_BSD.shape != x_BSD.shape:
+            raise ValueError(f"splice at {hookpoint.name}: replacement has shape {tuple(x_new_BSD.shape)}, "
+                             f"the activation {tuple(x_BSD.shape)}; a splice must keep the shape")  # fmt: skip
+        return x_new_BSD.to(device=x_BSD.device, dtype=x_BSD.dtype)
+
+    if hookpoint.kind in READS_INPUT:
+        # The block's (MLP's) input: GPT-2 / NeoX pass hidden_states positionally, Llama may pass it by keyword.
+        def pre_hook(_m: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+            if args:
+                return (new_value(args[0]), *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": new_value(kwargs["hidden_states"])}
+
+        handle = module.register_forward_pre_hook(pre_hook, with_kwargs=True)
+    else:
+        # Attention returns (output, weights); blocks and MLPs return a bare tensor in transformers 5.
+        def hook(_m: nn.Module, _args: tuple, output: Any) -> Any:
+            if isinstance(output, (tuple, list)):
+                return type(output)((new_value(output[0]), *output[1:]))
+            return new_value(output)
+
+        handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()

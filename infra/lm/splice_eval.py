@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from infra.lm.hookpoints import READS_INPUT, Hookpoint, hooked_module, resolve_hookpoints
+from infra.lm.hookpoints import Hookpoint, replacing_activation, resolve_hookpoints
 from infra.lm.splice_scores import CI_METRIC, score_interval, summarize
 from sae_core.geometry import matched_random_perturbation
 
@@ -46,40 +46,6 @@ with a source hookpoint, activations there to replacements at the hookpoint (a t
 _ORDER_IN_BLOCK = {"resid_pre": 0, "attn_out": 1, "mlp_in": 2, "mlp_out": 3, "resid_post": 4}
 """Where each hookpoint kind is computed within a block (GPT-NeoX's parallel attention aside, whose
 attn_out and mlp_in both read resid_pre: neither is upstream of the other, and neither is asked for)."""
-
-
-@contextmanager
-def replacing_activation(model: nn.Module, hookpoint: Hookpoint, edit: Callable[[Tensor], Tensor]) -> Iterator[None]:
-    """Within the block, the hookpoint's activation x_BSD is replaced by edit(x_BSD)."""
-    module = hooked_module(model, hookpoint)
-
-    def new_value(x_BSD: Tensor) -> Tensor:
-        x_new_BSD = edit(x_BSD)
-        if x_new_BSD.shape != x_BSD.shape:
-            raise ValueError(f"splice at {hookpoint.name}: replacement has shape {tuple(x_new_BSD.shape)}, "
-                             f"the activation {tuple(x_BSD.shape)}; a splice must keep the shape")  # fmt: skip
-        return x_new_BSD.to(device=x_BSD.device, dtype=x_BSD.dtype)
-
-    if hookpoint.kind in READS_INPUT:
-        # The block's (MLP's) input: GPT-2 / NeoX pass hidden_states positionally, Llama may pass it by keyword.
-        def pre_hook(_m: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-            if args:
-                return (new_value(args[0]), *args[1:]), kwargs
-            return args, {**kwargs, "hidden_states": new_value(kwargs["hidden_states"])}
-
-        handle = module.register_forward_pre_hook(pre_hook, with_kwargs=True)
-    else:
-        # Attention returns (output, weights); blocks and MLPs return a bare tensor in transformers 5.
-        def hook(_m: nn.Module, _args: tuple, output: Any) -> Any:
-            if isinstance(output, (tuple, list)):
-                return type(output)((new_value(output[0]), *output[1:]))
-            return new_value(output)
-
-        handle = module.register_forward_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
 
 
 def forward_capturing(model: nn.Module, hookpoint: Hookpoint, ids_BS: Tensor) -> tuple[Tensor, Tensor]:
