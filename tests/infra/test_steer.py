@@ -192,3 +192,20 @@ def test_bad_inputs_are_one_line_before_any_compute(tiny, tmp_path, settings, sa
                    settings=SteerSettings(**settings))
     assert message in str(error.value) and "\n" not in str(error.value)
     assert not (tmp_path / "root").exists()
+
+
+def test_cached_generation_equals_re_running_the_whole_sequence(tiny, tmp_path):
+    from infra.steer.generate import generate
+
+    model, tokenizer = tiny["model"], tiny["tokenizer"]
+    directory = unembedding_sae(model, str(tmp_path / "sae"), token=101)
+    plan = plan_steer(tiny["model_dir"], PROMPTS, str(tmp_path), sae=directory,
+                      settings=SteerSettings(latents=[3], scales=[0.5], clamp_latents=[3], clamp_values=[5.0]))
+    edits = condition_edits(plan, load_sae(directory), norm=8.0, caa_D=None)
+    hook, specials = Hookpoint.parse(LAST_HOOK), special_ids(tokenizer)
+    for edit in (None, edits["add"], edits["clamp"]):
+        for temperature in (0.0, 1.0):
+            args = (model, hook, prompt_ids(tokenizer, PROMPTS[1]), specials, edit, 12, temperature, 7, None)
+            cached, full = generate(*args, use_cache=True), generate(*args, use_cache=False)
+            assert cached.new_ids == full.new_ids
+            torch.testing.assert_close(cached.first_logits_V, full.first_logits_V)
