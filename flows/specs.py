@@ -200,10 +200,6 @@ class DiffSpec(BaseModel):
     batch_size: int = Field(1024, ge=1, description="Tokens per batch (<= train_tokens).")
     warmup_steps: int = Field(50, ge=0, description="Learning-rate warm-up steps.")
     eval_contexts: int = Field(32, ge=1, description="Held-out contexts for the diff statistics.")
-    splice_baselines: list[Literal["mean", "resample"]] = Field(
-        [], description="Ablation baselines besides zero ablation (SAELens's, always run) that CE loss recovered is also reported "
-        "against: mean (the training rows' mean activation) and resample (a random training row per position). Part of every id."
-    )
     checkpoint_every: int = Field(200, ge=1, description="Steps between resumable checkpoints.")
     shuffle_buffer: int = Field(65_536, ge=0, description="Rows in the shuffle buffer.")
     shared_band: tuple[float, float] = Field((0.3, 0.7), description="Relative-norm band of shared latents (0 <= low < high <= 1).")
