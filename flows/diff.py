@@ -26,20 +26,25 @@ class DiffPreflightError(PreflightError, DiffSpecError):
 
 @flow(name="diff", log_prints=True)
 def diff(spec: DiffSpec) -> DiffResult:
-    """Check models -> harvest each on identical tokens -> check alignment -> crosscoder -> report."""
+    """Check models -> harvest each on identical tokens -> check alignment -> crosscoder -> report.
+
+    With hookpoints: one model, harvested once at every hookpoint; its layers are the sources.
+    """
     apply_storage_secret(spec.storage_secret)
     preflight_in_flow(spec, DiffPreflightError)  # UI-triggered runs fail in milliseconds too, before any harvest or training
     values = spec.model_dump()
     values["root"] = absolute_root(spec.root)
-    d_model = check_models_task(spec.models, spec.hookpoint)
+    layers = spec.hookpoints  # a cross-layer diff: the sources are hookpoints of one model, read from its one harvest
+    d_model = check_models_task(spec.models, layers or [spec.hookpoint])
     harvests = [
-        harvest(HarvestSpec(model=model, tokenizer=spec.models[0], hookpoints=[spec.hookpoint], source=spec.source,
+        harvest(HarvestSpec(model=model, tokenizer=spec.models[0], hookpoints=layers or [spec.hookpoint], source=spec.source,
                             context_length=spec.context_length, num_tokens=spec.num_tokens, seed=spec.seed,
                             text_column=spec.text_column, dtype=spec.dtype, root=values["root"], num_actors=spec.num_actors,
                             ray_address=spec.ray_address)).harvest
         for model in spec.models
     ]
-    check_alignment_task(harvests, spec.hookpoint)
+    if not layers:  # one harvest's hookpoints are row-aligned by construction
+        check_alignment_task(harvests, spec.hookpoint)
     plan = plan_diff_task(values, harvests, d_model)
     summary = train_crosscoder_task(plan, spec.ray_address)
     report = diff_report_task(plan, summary, spec.wandb_project, spec.wandb_mode)

@@ -239,9 +239,10 @@ def check_diff(spec: DiffSpec) -> None:
     check_storage(spec.root, "root", spec.storage_secret)
     check_source(spec.source, "source")
     configs: dict[str, dict[str, Any]] = {}
+    hookpoints, hook_key = (spec.hookpoints, "hookpoints") if spec.hookpoints else ([spec.hookpoint], "hookpoint")
     for index, model in enumerate(spec.models):
         config = model_config(model, f"models.{index}")
-        check_model_fits(config, model, [spec.hookpoint], "hookpoint", spec.context_length, "context_length")
+        check_model_fits(config, model, hookpoints, hook_key, spec.context_length, "context_length")
         if config is not None:
             configs[model] = config
     widths = {m: config_value(c, "hidden_size", "n_embd", "d_model") for m, c in configs.items()}

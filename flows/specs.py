@@ -179,8 +179,11 @@ class SweepSpec(BaseModel):
 class DiffSpec(BaseModel):
     """The checkpoints, the shared token spec, the crosscoder and where the diff goes."""
 
-    models: list[str] = Field(..., min_length=2, description="Two or more refs: name@revision or local checkpoint dirs (A first, B last).")
+    models: list[str] = Field(..., min_length=1, description="Two or more refs: name@revision or local checkpoint dirs (A first, B last); "
+                              "or ONE model whose layers (hookpoints) are compared.")
     hookpoint: str = Field("blocks.1.hook_resid_post", description="Hookpoint compared across the checkpoints.")
+    hookpoints: list[str] = Field([], description="Cross-layer crosscoder: two or more hookpoints of the one model in models, each a source "
+                                                  "(A = the first, B = the last); empty compares the checkpoints at hookpoint.")
     source: str = Field("builtin:pydoc", min_length=1, description="Text for the shared token spec (see the harvest flow).")
     context_length: int = Field(64, ge=2, description="Tokens per context.")
     num_tokens: int = Field(65_536, ge=2, description="Tokens harvested per checkpoint.")
@@ -225,6 +228,20 @@ class DiffSpec(BaseModel):
         if repeated:
             raise ValueError(f"model reference(s) {repeated} repeat: each checkpoint once")
         return models
+
+    _hookpoints = field_validator("hookpoints")(lambda cls, names: [check_hookpoint(name) for name in names])
+
+    @model_validator(mode="after")
+    def _sources(self) -> DiffSpec:
+        if self.hookpoints:
+            if len(self.models) != 1:
+                raise ValueError(f"hookpoints {self.hookpoints} compare the layers of ONE model, got models {self.models}: "
+                                 "compare checkpoints at one hookpoint, or layers of one model")
+            if len(self.hookpoints) < 2 or len(set(self.hookpoints)) != len(self.hookpoints):
+                raise ValueError(f"hookpoints {self.hookpoints}: a cross-layer diff needs two or more distinct hookpoints")
+        elif len(self.models) < 2:
+            raise ValueError(f"models {self.models}: a diff needs two or more checkpoints, or one model with two or more hookpoints")
+        return self
 
     @model_validator(mode="after")
     def _sizes(self) -> DiffSpec:

@@ -18,9 +18,9 @@ from tasks.retry import STORAGE_RETRY, retry_unless_bad_input
 
 
 @task(**STORAGE_RETRY, retry_condition_fn=retry_unless_bad_input)
-def check_models_task(models: list[str], hookpoint: str) -> int:
-    """Two+ models, the hookpoint on each, one d_model, one tokenizer; returns d_model."""
-    return check_models(models, hookpoint)
+def check_models_task(models: list[str], hookpoints: list[str]) -> int:
+    """Two+ models with the hookpoint (or one model with two+ hookpoints), one d_model, one tokenizer; returns d_model."""
+    return check_models(models, hookpoints)
 
 
 @task(**STORAGE_RETRY, retry_condition_fn=retry_unless_bad_input)
@@ -52,6 +52,14 @@ def train_crosscoder_task(plan: DiffPlan, ray_address: str | None = None) -> dic
     return run_pool(CrosscoderWorker, (plan,), "run", [0], 1, name_prefix=f"diff-{plan.diff_id}")[0]
 
 
+def sources_line(plan: DiffPlan) -> str:
+    """What A and B are: two checkpoints at one hookpoint, or two layers of one model (a cross-layer diff)."""
+    if plan.hookpoints:
+        return (f"Cross-layer: model `{plan.models[0]}`, A = `{plan.sources[0]}`, B = `{plan.sources[-1]}` "
+                f"({len(plan.sources)} layers: which features persist across layers, which appear or vanish).")
+    return f"A = `{plan.models[0]}`, B = `{plan.models[-1]}`, hookpoint `{plan.hookpoint}`."
+
+
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
@@ -61,15 +69,16 @@ def diff_report_task(plan: DiffPlan, summary: dict[str, Any], wandb_project: str
     """report.md + Prefect artifacts (summary, top exclusive latents) + a W&B run; returns the report URI."""
     latents = read_latents(plan)
     counts, norm = summary["counts"], summary.get("norm_counts", summary["counts"])
-    ev = ", ".join(f"`{m}`: {v:.3f}" for m, v in zip(plan.models, summary["explained_variance_per_source"]))
+    ev = ", ".join(f"`{m}`: {v:.3f}" for m, v in zip(plan.sources, summary["explained_variance_per_source"]))
     exclusive = latents[latents["class"].isin(["a_only", "b_only"])].sort_values("frequency", ascending=False).head(20)
     medians = summary.get("beta_ratio_median", {})
     trajectory = ""
-    if len(plan.models) > 2:
-        firsts = ", ".join(f"`{m}`: {summary['first_present_counts'][str(i)]}" for i, m in enumerate(plan.models))
-        trajectory = f"Live latents by the first checkpoint where they are present: {firsts}.\n\n![first present](first_present.png)\n\n"
+    if len(plan.sources) > 2:
+        firsts = ", ".join(f"`{m}`: {summary['first_present_counts'][str(i)]}" for i, m in enumerate(plan.sources))
+        where = "layer" if plan.hookpoints else "checkpoint"
+        trajectory = f"Live latents by the first {where} where they are present: {firsts}.\n\n![first present](first_present.png)\n\n"
     markdown = (
-        f"# Crosscoder diff `{plan.diff_id}`\n\nA = `{plan.models[0]}`, B = `{plan.models[-1]}`, hookpoint `{plan.hookpoint}`.\n\n"
+        f"# Crosscoder diff `{plan.diff_id}`\n\n{sources_line(plan)}\n\n"
         f"Explained variance per source: {ev}. A diff is only as good as its worst source: a source the crosscoder does not "
         f"reconstruct cannot show what it shares.\n\n"
         f"| | shared | A-only | B-only | spurious | other | dead |\n|---|---|---|---|---|---|---|\n"

@@ -88,6 +88,9 @@ class StreamSpec:
     target_hookpoint: str | None = None
     """A second hookpoint of the same harvest (a transcoder's target): batches become (x_BD, y_BD)
     pairs, row i of both the same token."""
+    aligned_hookpoints: tuple[str, ...] = ()
+    """More hookpoints of the same harvest (a cross-layer crosscoder's sources): batches become
+    [batch_size, 1 + len(aligned_hookpoints), d_model], one slice per hookpoint, row i the same token."""
 
     def __post_init__(self) -> None:
         for name, low in (("batch_size", 1), ("shuffle_buffer", 0), ("seed", 0), ("prefetch", 0)):
@@ -98,6 +101,12 @@ class StreamSpec:
             raise StreamSpecError(f"StreamSpec.seqs={self.seqs!r} is invalid: a SeqSelection (infra.activations.split) or None")
         if self.target_hookpoint is not None and self.aligned_harvests:
             raise StreamSpecError("StreamSpec: target_hookpoint and aligned_harvests cannot be combined: pairs come from one harvest")
+        if sum(map(bool, (self.target_hookpoint, self.aligned_harvests, self.aligned_hookpoints))) > 1:
+            raise StreamSpecError("StreamSpec: target_hookpoint, aligned_harvests and aligned_hookpoints are exclusive: one kind of second source")
+        hookpoints = (self.hookpoint, *self.aligned_hookpoints)
+        if len(set(hookpoints)) != len(hookpoints):
+            raise StreamSpecError(f"StreamSpec.aligned_hookpoints={self.aligned_hookpoints!r} is invalid: hookpoints other than {self.hookpoint!r}, "
+                                  "each once")
         if self.target_hookpoint is not None and self.target_hookpoint == self.hookpoint:
             raise StreamSpecError(f"StreamSpec.target_hookpoint={self.target_hookpoint!r} is invalid: a hookpoint other than hookpoint")
 
@@ -146,8 +155,8 @@ def count_rows(spec: StreamSpec) -> int:
 
 def _plan(spec: StreamSpec) -> _Plan:
     manifest = read_manifest(spec.harvest)
-    for field in ("hookpoint", "target_hookpoint"):
-        name = getattr(spec, field)
+    for field, name in (("hookpoint", spec.hookpoint), ("target_hookpoint", spec.target_hookpoint),
+                        *(("aligned_hookpoints", name) for name in spec.aligned_hookpoints)):
         if name is not None and name not in manifest["hookpoints"]:
             raise StreamSpecError(f"{spec.harvest}: {field} {name!r} was not harvested; available: {manifest['hookpoints']}")
     fs, base = filesystem(spec.harvest)
@@ -158,6 +167,8 @@ def _plan(spec: StreamSpec) -> _Plan:
         others = tuple(f"{b}/{m['shards'][entry['index']]['files'][spec.hookpoint]['path']}" for m, b in aligned)
         if spec.target_hookpoint is not None:  # the same shard's rows at the target hookpoint, read beside x's
             others = (f"{base}/{entry['files'][spec.target_hookpoint]['path']}",)
+        if spec.aligned_hookpoints:  # the same shard's rows at every other layer's hookpoint
+            others = tuple(f"{base}/{entry['files'][name]['path']}" for name in spec.aligned_hookpoints)
         start, stop = entry.get("seq_start"), entry.get("seq_stop")
         if spec.seqs is None or start is None or stop is None:  # no bounds recorded: read and filter
             shards.append(_Shard(path, others, rows, spec.seqs is not None))
@@ -173,7 +184,7 @@ def _plan(spec: StreamSpec) -> _Plan:
     if not spec.loop and spec.drop_last and bound < spec.batch_size:
         raise StreamSpecError(f"{spec.harvest}: at most {bound} rows in {where}, fewer than "
                               f"batch_size={spec.batch_size}; use loop=True or a smaller batch")
-    sources = 2 if spec.target_hookpoint is not None else 1 + len(aligned)
+    sources = 2 if spec.target_hookpoint is not None else 1 + len(aligned) + len(spec.aligned_hookpoints)
     return _Plan(replace(spec), fs, shards, int(manifest["d_model"]), sources)  # a copy: later edits to spec change nothing
 
 

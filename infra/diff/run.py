@@ -47,6 +47,7 @@ class CrosscoderWorker:
         return StreamSpec(
             harvest=plan.harvests[0], hookpoint=plan.hookpoint, batch_size=plan.batch_size, seed=plan.seed,
             seqs=seqs, loop=training, drop_last=training, aligned_harvests=tuple(plan.harvests[1:]),
+            aligned_hookpoints=tuple(plan.hookpoints[1:]),
             shuffle_buffer=plan.shuffle_buffer if training else 0,
         )
 
@@ -70,24 +71,24 @@ class CrosscoderWorker:
         x_BMD = torch.cat([batch.to(self.device) for batch in iter_batches(self._stream(eval_range, training=False))])
         acts_BF = crosscoder.encode(x_BMD)
         x_hat_BMD = crosscoder.decode(acts_BF)
-        last = len(plan.harvests) - 1
+        last = len(plan.sources) - 1
         classes = classify_with_scaling(crosscoder.scale_inputs(x_BMD), acts_BF, crosscoder.W_dec, crosscoder.b_dec, 0, last,
                                         plan.shared_band, plan.exclusive_margin, plan.exclusive_ratio)
         summary = diff_summary(crosscoder.W_dec, x_BMD, x_hat_BMD, acts_BF, 0, last, plan.shared_band, plan.exclusive_margin, classes)
         frame = latents_frame(crosscoder.W_dec, acts_BF, classes, plan.presence_fraction)
-        save_crosscoder(crosscoder, plan.uri("crosscoder"), metadata={"models": plan.models, "hookpoint": plan.hookpoint})
+        save_crosscoder(crosscoder, plan.uri("crosscoder"), metadata={"models": plan.models, "hookpoint": plan.hookpoint, "hookpoints": plan.hookpoints})
         write_parquet_atomic(plan.uri("latents.parquet"), frame)
-        write_bytes_atomic(plan.uri("relative_norms.png"), relative_norm_histogram(frame, plan.models, plan.shared_band, plan.exclusive_margin))
-        write_bytes_atomic(plan.uri("latent_scaling.png"), latent_scaling_scatter(frame, plan.models, plan.exclusive_ratio))
-        if len(plan.models) > 2:
-            write_bytes_atomic(plan.uri("first_present.png"), first_present_histogram(frame, plan.models))
+        write_bytes_atomic(plan.uri("relative_norms.png"), relative_norm_histogram(frame, plan.sources, plan.shared_band, plan.exclusive_margin))
+        write_bytes_atomic(plan.uri("latent_scaling.png"), latent_scaling_scatter(frame, plan.sources, plan.exclusive_ratio))
+        if len(plan.sources) > 2:
+            write_bytes_atomic(plan.uri("first_present.png"), first_present_histogram(frame, plan.sources))
         write_json_atomic(plan.uri(HISTORY_FILE), history)
         examined = frame[frame["norm_class"].isin(["a_only", "b_only"])]
         summary.update(
             exclusive_ratio=plan.exclusive_ratio,
             beta_ratio_median={"reconstruction": _median(examined["beta_ratio_reconstruction"]), "error": _median(examined["beta_ratio_error"])},
-            first_present_counts={str(m): int((frame.loc[frame["class"] != "dead", "first_present_source"] == m).sum()) for m in range(len(plan.models))},
-            diff_id=plan.diff_id, models=plan.models, hookpoint=plan.hookpoint, eval_tokens=int(x_BMD.shape[0]),
+            first_present_counts={str(m): int((frame.loc[frame["class"] != "dead", "first_present_source"] == m).sum()) for m in range(len(plan.sources))},
+            diff_id=plan.diff_id, models=plan.models, hookpoint=plan.hookpoint, sources=plan.sources, eval_tokens=int(x_BMD.shape[0]),
             steps=trainer.step, device_seconds=trainer.device_seconds, latents_uri=plan.uri("latents.parquet"),
         )
         write_json_atomic(plan.uri(SUMMARY_FILE), _jsonable(summary))

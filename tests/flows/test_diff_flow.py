@@ -65,9 +65,11 @@ def test_diff_writes_crosscoder_latents_histogram_and_caches(checkpoints, monkey
 
 def test_single_model_is_a_clear_error(checkpoints, tmp_path):
     early, _, _ = checkpoints
-    # DiffSpec itself needs two models (min_length=2), so the UI form refuses one too.
-    with pytest.raises(ValidationError, match=r"models\n.*at least 2 items"):
+    # DiffSpec itself needs two models (or one model with two hookpoints), so the UI form refuses one too.
+    with pytest.raises(ValidationError, match=r"a diff needs two or more checkpoints, or one model with two or more hookpoints"):
         diff(spec([early], tmp_path))
+    with pytest.raises(ValidationError, match=r"compare checkpoints at one hookpoint, or layers of one model"):
+        spec([early, early + "x"], tmp_path, hookpoints=["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"])
 
 
 def test_mismatched_d_model_is_a_clear_error(checkpoints, tmp_path):
@@ -89,3 +91,19 @@ def test_unknown_hookpoint_is_a_clear_error(checkpoints, tmp_path):
     early, late, _ = checkpoints
     with pytest.raises(HookpointError, match=r"blocks\.5\.hook_resid_post"):
         diff(spec([early, late], tmp_path, hookpoint="blocks.5.hook_resid_post"))
+
+
+def test_cross_layer_diff_reads_one_harvest_at_every_layer(checkpoints, monkeypatch):
+    _, late, base = checkpoints
+    layers = ["blocks.0.hook_resid_pre", "blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
+    diffed = diff(spec([late], base / "layers", hookpoints=layers))
+    folder = Path(diffed.report).parent
+    assert "-layers-" in diffed.diff_id
+    crosscoder = load_crosscoder(str(folder / "crosscoder"))
+    assert tuple(crosscoder.W_dec.shape) == (128, 3, 32)  # one decoder slice per layer
+    assert len(list((base / "layers" / "activations").iterdir())) == 1, "the model is harvested once, at every layer"
+    latents = pd.read_parquet(diffed.latents)
+    assert set(latents["first_present_source"].dropna().astype(int)) <= {0, 1, 2}
+    text = Path(diffed.report).read_text()
+    assert "Cross-layer" in text and "first layer where they are present" in text
+    assert (folder / "first_present.png").read_bytes().startswith(b"\x89PNG")

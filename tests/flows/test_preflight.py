@@ -72,8 +72,13 @@ def test_harvest_and_diff_spec_rules():
         HarvestSpec(hookpoints=["blocks.1.hook_mlp_out", "blocks.1.hook_mlp_out"])
     with pytest.raises(ValidationError, match="context_length=128 must be <= num_tokens=100"):
         HarvestSpec(num_tokens=100)
-    with pytest.raises(ValidationError, match="at least 2 items"):
+    with pytest.raises(ValidationError, match="a diff needs two or more checkpoints, or one model with two or more hookpoints"):
         DiffSpec(models=["a"])
+    with pytest.raises(ValidationError, match="needs two or more distinct hookpoints"):
+        DiffSpec(models=["a"], hookpoints=["blocks.0.hook_resid_post", "blocks.0.hook_resid_post"])
+    with pytest.raises(ValidationError, match=r"hookpoints\n.*blocks\.x\.hook_resid_post. is malformed"):
+        DiffSpec(models=["a"], hookpoints=["blocks.x.hook_resid_post", "blocks.0.hook_resid_post"])
+    assert DiffSpec(models=["a"], hookpoints=["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]).hookpoints[1] == "blocks.1.hook_resid_post"
     with pytest.raises(ValidationError, match="repeat"):
         DiffSpec(models=["a", "a"])
     with pytest.raises(ValidationError, match="not a band"):

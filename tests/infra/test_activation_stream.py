@@ -259,3 +259,21 @@ def test_bad_target_hookpoints_are_one_line_errors(tmp_path):
         StreamSpec(harvest=harvest, hookpoint=HOOKPOINTS[0], target_hookpoint=HOOKPOINTS[0])
     with pytest.raises(StreamSpecError, match="cannot be combined"):
         StreamSpec(harvest=harvest, hookpoint=HOOKPOINTS[0], target_hookpoint=HOOKPOINTS[1], aligned_harvests=(harvest,))
+
+
+# -- several hookpoints of one harvest for cross-layer crosscoders ----------------------------
+def test_aligned_hookpoints_stream_one_slice_per_layer_with_one_shuffle(tmp_path):
+    harvest, _ = write_fake_harvest(str(tmp_path), dtype="float32")  # hookpoint i's rows read seq*100 + pos + 0.5*i
+    stacked = dict(harvest=harvest, hookpoint=HOOKPOINTS[0], batch_size=4, shuffle_buffer=6, seed=5, loop=True)
+    layers = list(itertools.islice(iter_batches(StreamSpec(**stacked, aligned_hookpoints=(HOOKPOINTS[1],))), 9))
+    singles = list(itertools.islice(iter_batches(StreamSpec(**stacked)), 9))
+    for x_BMD, alone_BD in zip(layers, singles, strict=True):
+        assert x_BMD.shape == (4, 2, 8)
+        torch.testing.assert_close(x_BMD[:, 1] - x_BMD[:, 0], torch.full_like(alone_BD, 0.5))  # the same token in both slices
+        torch.testing.assert_close(x_BMD[:, 0], alone_BD)
+    with pytest.raises(StreamSpecError, match="each once"):
+        StreamSpec(harvest=harvest, hookpoint=HOOKPOINTS[0], aligned_hookpoints=(HOOKPOINTS[0],))
+    with pytest.raises(StreamSpecError, match="are exclusive"):
+        StreamSpec(harvest=harvest, hookpoint=HOOKPOINTS[0], aligned_hookpoints=(HOOKPOINTS[1],), aligned_harvests=(harvest,))
+    with pytest.raises(StreamSpecError, match=r"aligned_hookpoints 'blocks\.7\.hook_resid_post' was not harvested"):
+        iter_batches(StreamSpec(harvest=harvest, hookpoint=HOOKPOINTS[0], batch_size=4, aligned_hookpoints=("blocks.7.hook_resid_post",)))

@@ -24,7 +24,7 @@ def make_plan(root: str, harvests: list[str], **overrides) -> DiffPlan:
         "models": ["model-a", "model-b"], "architecture": "relu", "expansion_factor": 2.0, "k": 4, "sparsity_coefficient": 0.1,
         "seed": 0, "train_tokens": 4 * 20, "batch_size": 4, "lr": 1e-2, "warmup_steps": 2, "eval_contexts": 2,
         "shared_band": (0.3, 0.7), "exclusive_margin": 0.1, "root": root, "hookpoint": HOOKPOINTS[0], "checkpoint_every": 5,
-        "shuffle_buffer": 8, "source_normalization": "centred_variance", "exclusive_ratio": 0.3, "presence_fraction": 0.3,
+        "shuffle_buffer": 8, "source_normalization": "centred_variance", "exclusive_ratio": 0.3, "presence_fraction": 0.3, "hookpoints": [],
         **overrides,
     }
     return plan_diff(spec, harvests, D_MODEL)
@@ -66,7 +66,8 @@ def test_crash_then_resume_equals_uninterrupted(tmp_path, monkeypatch):
     "change",
     [{"shuffle_buffer": 16}, {"seed": 1}, {"eval_contexts": 3}, {"hookpoint": HOOKPOINTS[1]}, {"batch_size": 2},
      {"exclusive_margin": 0.2}, {"shared_band": (0.2, 0.8)}, {"lr": 1e-3}, {"k": 8, "architecture": "batchtopk"},
-     {"source_normalization": "mean_norm"}, {"exclusive_ratio": 0.2}, {"presence_fraction": 0.5}],
+     {"source_normalization": "mean_norm"}, {"exclusive_ratio": 0.2}, {"presence_fraction": 0.5},
+     {"models": ["model-a"], "hookpoints": [HOOKPOINTS[0], HOOKPOINTS[1]]}],
 )
 def test_every_setting_that_changes_the_diff_changes_its_id(tmp_path, change):
     base = make_plan(str(tmp_path), ["h-a", "h-b"])

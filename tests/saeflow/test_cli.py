@@ -126,7 +126,7 @@ def bad_inputs(tmp_path: Path, model: str) -> list[tuple[list[str], list[str]]]:
         (["sweep", "--set", "ks=[-3]"], ["--set ks.0", "greater than or equal to 1"]),
         (["sweep", "--set", "expansion_factors=[-1]"], ["--set expansion_factors.0", "greater than 0"]),
         (["sweep", "--set", "lrs=[0]"], ["--set lrs.0", "greater than 0"]),
-        (["diff", "--set", f"models=[{model}]"], ["--set models", "at least 2 items"]),
+        (["diff", "--set", f"models=[{model}]"], ["models [", "a diff needs two or more checkpoints, or one model with two or more hookpoints"]),
         (["diff", "--set", f"models=[{model}, {tmp_path}/gone]"], ["models.1", "does not exist"]),
     ]
 
