@@ -199,11 +199,12 @@ class SaeConfig(DictionaryConfig):
     """
 
     encoder_init_scale: float | None = None
-    """W_enc starts as this times W_dec^T. Default (None, filled in): d_in / d_sae for jumprelu and
-    gated, 1 for the others. With the plain transpose, pre-activations of unit-scale inputs are
-    O(1) for every latent, so about half of a JumpReLU's or Gated SAE's latents fire at step 0 and
-    the reconstruction error is ~20x the variance; TopK picks k regardless of scale (Gao et al.
-    2024 use the transpose). d_in / d_sae is the encoder scaling of Anthropic's 2025 JumpReLU recipe."""
+    """W_enc starts as this times W_dec^T. Default (None, filled in): d_in / d_sae for gated, 1 for
+    the others. With the plain transpose of a unit-norm decoder, pre-activations of unit-scale inputs
+    are O(1) for every latent, so about half of a Gated SAE's latents fire at step 0 and the
+    reconstruction error is ~20x the variance; TopK picks k regardless of scale (Gao et al. 2024 use
+    the transpose). JumpReLU's decoder starts at decoder_init_norm (0.1), so its transpose is already
+    that small (Anthropic's 2025 recipe scales the encoder by d_in / d_sae for the same reason)."""
 
     init_firing_fraction: float = 0.01
     """jumprelu / gated: the threshold (gate bias) of each latent is set from the first batch so it
@@ -243,7 +244,7 @@ class SaeConfig(DictionaryConfig):
         )
         if self.encoder_init_scale is None:
             # Filled in, so the value an SAE was made with is in its config (and its id).
-            self.encoder_init_scale = self.d_in / self.d_sae if self.architecture in ("jumprelu", "gated") else 1.0
+            self.encoder_init_scale = self.d_in / self.d_sae if self.architecture == "gated" else 1.0
         if not self.encoder_init_scale > 0:
             _reject(name, "encoder_init_scale", self.encoder_init_scale, "a number > 0")
         if not 0 < self.init_firing_fraction < 1:

@@ -181,8 +181,8 @@ def from_saelens(cfg: Mapping[str, Any], tensors: Mapping[str, Tensor], source: 
     )
     sae = build_sae(sae_cfg)
     if architecture == "jumprelu":
-        # SAELens compares against relu(threshold); a tiny positive floor keeps log() finite.
-        sae.log_threshold.copy_(weights.pop("threshold").clamp_min(1e-12).log())
+        # SAELens compares against relu(threshold): a negative stored threshold acts as 0.
+        sae.threshold.copy_(weights.pop("threshold").clamp_min(0.0))
     for name, value in weights.items():
         getattr(sae, name).copy_(value)
     sae.initialized.fill_(True)
