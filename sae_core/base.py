@@ -126,7 +126,7 @@ class SparseCoder(Dictionary):
         """
         xs_BD = self.scale_inputs(x_BD)
         sparse = self.training and self.use_sparse_kernels and self.has_sparse_path
-        xs_hat_BD, acts_BF, terms, differentiable_pre = (self._sparse_pass if sparse else self._plain_pass)(xs_BD)
+        xs_hat_BD, acts_BF, terms, differentiable_pre = self._predict_scaled(xs_BD, xs_BD, sparse, self.b_dec)
         return self._output(xs_hat_BD, xs_BD, acts_BF, terms, differentiable_pre, sparsity_scale, self.input_scale)
 
     def _output(self, hat_BD: Tensor, target_BD: Tensor, acts_BF: Tensor, terms: dict[str, Tensor],
@@ -142,23 +142,27 @@ class SparseCoder(Dictionary):
             self._track_firing(acts_BF)
         return SaeOutput(hat_BD / unit_scale, acts_BF, sum(losses.values()), losses)
 
-    def _plain_pass(self, xs_BD: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor], Callable[[], Tensor]]:
-        """(reconstruction, activations, sparsity terms, differentiable pre-activations) by dense products."""
-        acts_BF, pre_BF = self.latents(xs_BD)
-        xs_hat_BD = self.decode_scaled(acts_BF)
-        return xs_hat_BD, acts_BF, self.sparsity_losses(xs_BD, pre_BF, acts_BF, xs_hat_BD), lambda: pre_BF
+    def _predict_scaled(self, xs_BD: Tensor, target_BD: Tensor, sparse: bool, centre_D: Tensor,
+                        skip_BD: Tensor | float = 0.0) -> tuple[Tensor, Tensor, dict[str, Tensor], Callable[[], Tensor]]:
+        """(prediction, activations, sparsity terms, differentiable pre-activations), scaled units.
 
-    def _sparse_pass(self, xs_BD: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor], Callable[[], Tensor]]:
-        """_plain_pass through sae_core.sparse_ops: one encoder product, then the active latents only."""
-        pre = PreActivations(xs_BD, self.b_dec, self.W_enc, self.b_enc)
-        active = self.active_latents(pre)
-        if active is None:  # too many active latents: dense products, still one encoder product
-            pre_BF = pre.dense()
+        Dense products, or with `sparse` through sae_core.sparse_ops: one encoder product, then only
+        the active latents (dense again when too many are active). An SAE predicts its own input
+        (target = xs, centre = b_dec); a transcoder its target, with an uncentred input and its
+        skip path added (sae_core.transcoder), so the sparsity and AuxK terms fit what it predicts.
+        """
+        if sparse:
+            pre = PreActivations(xs_BD, centre_D, self.W_enc, self.b_enc)
+            active = self.active_latents(pre)
+            if active is not None:
+                hat_BD = decode_active(active, self.W_dec) + self.b_dec + skip_BD
+                return hat_BD, active.to_dense(), self.active_losses(target_BD, pre, active, hat_BD), pre.dense
+            pre_BF = pre.dense()  # too many active latents for the sparse kernels (ReLU early on)
             acts_BF = self.activate(pre_BF)
-            xs_hat_BD = self.decode_scaled(acts_BF)
-            return xs_hat_BD, acts_BF, self.sparsity_losses(xs_BD, pre_BF, acts_BF, xs_hat_BD), lambda: pre_BF
-        xs_hat_BD = decode_active(active, self.W_dec) + self.b_dec
-        return xs_hat_BD, active.to_dense(), self.active_losses(xs_BD, pre, active, xs_hat_BD), pre.dense
+        else:
+            acts_BF, pre_BF = self.latents(xs_BD)
+        hat_BD = self.decode_scaled(acts_BF) + skip_BD
+        return hat_BD, acts_BF, self.sparsity_losses(target_BD, pre_BF, acts_BF, hat_BD), lambda: pre_BF
 
     @torch.no_grad()
     def apply_constraints(self) -> None:

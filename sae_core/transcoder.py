@@ -21,7 +21,6 @@ sparse training kernels are reused unchanged. What differs from an SAE:
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import ClassVar
 
 import torch
@@ -32,7 +31,6 @@ from sae_core.batchtopk import BatchTopKSae
 from sae_core.config import SaeConfig
 from sae_core.geometry import geometric_median, input_scale_for, random_directions
 from sae_core.relu import ReluSae
-from sae_core.sparse_ops import PreActivations, decode_active
 from sae_core.topk import TopKSae
 
 
@@ -114,28 +112,9 @@ class TranscoderMixin:
                              f"{tuple(x_BD.shape)}; expected [..., d_out={self.cfg.d_out}] row for row")  # fmt: skip
         xs_BD, ys_BO = self.scale_inputs(x_BD), self.scale_targets(y_BO)
         sparse = self.training and self.use_sparse_kernels and self.has_sparse_path
-        ys_hat_BO, acts_BF, terms, differentiable_pre = self._predict_scaled(xs_BD, ys_BO, sparse)
+        # The SAE's passes with the target in the input's place: AuxK's dead latents fit what the live ones miss of y.
+        ys_hat_BO, acts_BF, terms, differentiable_pre = self._predict_scaled(xs_BD, ys_BO, sparse, self.no_centre, self.skip_scaled(xs_BD))
         return self._output(ys_hat_BO, ys_BO, acts_BF, terms, differentiable_pre, sparsity_scale, self.target_scale)
-
-    def _predict_scaled(self, xs_BD: Tensor, ys_BO: Tensor, sparse: bool) -> tuple[Tensor, Tensor, dict[str, Tensor], Callable[[], Tensor]]:
-        """(prediction, activations, sparsity terms, differentiable pre-activations), scaled units.
-
-        The SAE's two passes with the target in the reconstruction's place: sparsity_losses and
-        active_losses get (target, prediction), so AuxK's dead latents fit what the live ones miss of y.
-        """
-        skip_BO = self.skip_scaled(xs_BD)
-        if sparse:
-            pre = PreActivations(xs_BD, self.no_centre, self.W_enc, self.b_enc)
-            active = self.active_latents(pre)
-            if active is not None:
-                ys_hat_BO = decode_active(active, self.W_dec) + self.b_dec + skip_BO
-                return ys_hat_BO, active.to_dense(), self.active_losses(ys_BO, pre, active, ys_hat_BO), pre.dense
-            pre_BF = pre.dense()  # too many active latents for the sparse kernels (ReLU early on)
-            acts_BF = self.activate(pre_BF)
-        else:
-            acts_BF, pre_BF = self.latents(xs_BD)
-        ys_hat_BO = self.decode_scaled(acts_BF) + skip_BO
-        return ys_hat_BO, acts_BF, self.sparsity_losses(ys_BO, pre_BF, acts_BF, ys_hat_BO), lambda: pre_BF
 
 
 class TopKTranscoder(TranscoderMixin, TopKSae):
