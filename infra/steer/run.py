@@ -7,11 +7,13 @@ manifest exists is returned without loading anything, so a killed run resumes wi
 from __future__ import annotations
 
 import time
+from functools import cached_property
 from typing import Any
 
 import pandas as pd
 import torch
 
+from infra.activations.split import SeqSelection, split_eval
 from infra.lm.hookpoints import Hookpoint
 from infra.parquet_io import read_parquet
 from infra.steer.ablation import harvest_rows, hookpoint_ablation, latent_ablation
@@ -104,22 +106,23 @@ class Steerer:
         """The harvest's held-out contexts (split_eval with eval_contexts=contexts: what a sweep evaluates on) when there is a harvest, else the prompts."""
         if self.plan.harvest is None:
             return prompts
-        from infra.activations.split import split_eval
         from infra.activations.store import read_tokens_table
         from infra.lm.tokens import tokens_from_table
 
         token_ids_NS = tokens_from_table(read_tokens_table(self.plan.harvest)).token_ids_NS
-        held_out = split_eval(self.plan.harvest, self.plan.settings.contexts)[1]
         # ids keep their random draw order, so the first `contexts` are a sample of the held-out ones (exactly that many).
-        return [token_ids_NS[i].tolist() for i in sorted(held_out.ids[: self.plan.settings.contexts])]
+        return [token_ids_NS[i].tolist() for i in sorted(self.held_out.ids[: self.plan.settings.contexts])]
+
+    @cached_property
+    def held_out(self) -> SeqSelection:
+        """The harvest's held-out contexts: split_eval with eval_contexts=contexts, what a sweep evaluates on."""
+        return split_eval(self.plan.harvest, self.plan.settings.contexts)[1]
 
     def stats_rows(self, sequences: list[list[int]]) -> torch.Tensor:
         """[M, D] activations the mean / resample ablations draw on: the harvest's, else the sequences' own."""
         if self.plan.harvest is not None:
-            from infra.activations.split import split_eval
-
-            held_out = split_eval(self.plan.harvest, self.plan.settings.contexts)[1]  # the scored contexts stay out of the baselines
-            return harvest_rows(self.plan.harvest, self.plan.hookpoint, self.plan.settings.stat_rows, held_out.ids).to(self.device)
+            # The scored contexts stay out of the baselines.
+            return harvest_rows(self.plan.harvest, self.plan.hookpoint, self.plan.settings.stat_rows, self.held_out.ids).to(self.device)
         rows = [hookpoint_activations(self.model, self.hookpoint, ids)[~torch.isin(torch.tensor(ids), self.specials)] for ids in sequences]
         return torch.cat(rows)
 

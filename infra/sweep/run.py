@@ -9,6 +9,7 @@ exports them. Finished points are skipped, interrupted ones resume from their ch
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import cached_property
 from typing import Any
 
 import pandas as pd
@@ -19,7 +20,7 @@ from infra.activations.stream import SeqSelection, StreamSpec, iter_batches, spl
 from infra.cost import device_label, record_rate
 from infra.lm.models import load_model, model_provenance
 from infra.lm.splice_eval import AblationBaselines, splice_metrics
-from infra.lm.tokens import tokens_from_table
+from infra.lm.tokens import TokenSet, tokens_from_table
 from infra.parquet_io import read_parquet, write_parquet_atomic
 from infra.progress import ItemReporter, PoolProgress
 from infra.ray_pool import run_pool
@@ -74,7 +75,7 @@ class TrainGroupWorker:
     def _splice_eval(self, sae: SparseCoder) -> dict[str, float]:
         if self._model is None:
             self._model, _ = load_model(self.manifest["model"], device=self.device)
-        tokens = tokens_from_table(read_tokens_table(self.plan.harvest))
+        tokens = self._tokens
         rows = list(self.eval_range.ids[: self.plan.splice_contexts])  # a random sample of the held-out contexts
         # Paired sweeps splice every point at the target (a transcoder from the input: in place of the MLP).
         spliced, source = self.plan.target_hookpoint or self.plan.hookpoint, self.plan.hookpoint if sae.paired else None
@@ -82,6 +83,11 @@ class TrainGroupWorker:
             self._model, spliced, sae.to(self.device), tokens.token_ids_NS[rows], tokens.special_NS[rows],
             target_ci_width=self.plan.splice_ci_width, source_hookpoint=source, baselines=self._baselines(spliced),
         )
+
+    @cached_property
+    def _tokens(self) -> TokenSet:
+        """The harvest's packed contexts, read once per actor (every SAE of every group splices the same ones)."""
+        return tokens_from_table(read_tokens_table(self.plan.harvest))
 
     def _baselines(self, spliced: str) -> AblationBaselines | None:
         """The sweep's mean / resample ablation baselines at the spliced hookpoint, from training rows (once per actor)."""
