@@ -34,7 +34,7 @@ def plan_sweep_task(spec: dict[str, Any], harvest: str) -> SweepPlan:
     stage["target_hookpoint"] = spec["target_hookpoint"]
     plan = plan_sweep(
         spec["name"], spec["root"], harvest, spec["hookpoint"], axes, spec["train_tokens"], spec["batch_size"],
-        spec["warmup_steps"], spec.get("autocast_bf16", "cuda"), **stage,
+        spec["warmup_steps"], spec["autocast_bf16"], **stage,
     )
     epochs = plan.epochs(plan.total_steps * plan.batch_size)
     if epochs > 1:
