@@ -21,10 +21,6 @@ QUIET_DEFAULTS = {
 def apply_quiet_defaults(env: MutableMapping[str, str] | None = None) -> MutableMapping[str, str]:
     """Set every quiet default that env (os.environ by default) does not set yet; returns env."""
     target = os.environ if env is None else env
-    joins_cluster = bool(target.get("SAEFLOW_RAY_ADDRESS") or target.get("RAY_ADDRESS"))
     for key, value in QUIET_DEFAULTS.items():
-        if key == "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" and joins_cluster:
-            # Ray reads it at import: set, a driver looks for a node on 127.0.0.1 and cannot join a cluster.
-            continue
         target.setdefault(key, value)
     return target

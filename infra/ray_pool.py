@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -36,12 +37,24 @@ def _init_ray(address: str | None, num_cpus: int | None) -> None:
     apply_quiet_defaults()
     address = address or os.environ.get("SAEFLOW_RAY_ADDRESS")
     if address:
-        # A driver joining a loopback cluster must say it is on 127.0.0.1 too, or Ray looks for
-        # a raylet on the machine's outward address and finds none.
-        loopback = address.split("://")[-1].startswith(("127.0.0.1:", "localhost:"))
-        ray.init(address=address, log_to_driver=True, **({"_node_ip_address": "127.0.0.1"} if loopback else {}))
+        ray.init(address=address, log_to_driver=True, **driver_node_ip(address))
     else:
         ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=True)
+
+
+def driver_node_ip(address: str) -> dict[str, str]:
+    """ray.init's _node_ip_address for a driver joining the cluster at address (host:port)."""
+    if address == "auto" or "://" in address:
+        return {}  # Ray Client (ray://) or a cluster found by Ray itself: nothing to say
+    host = address.rsplit(":", 1)[0].strip("[]")
+    if host in ("127.0.0.1", "localhost"):
+        return {"_node_ip_address": "127.0.0.1"}
+    # With the multi-node switch off (saeflow's loopback default, read by Ray at import) Ray takes
+    # this machine to be 127.0.0.1 and finds no raylet there: name the address on which this machine
+    # reaches the cluster's head instead (a UDP connect sends nothing, it only picks the route).
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect((host, 1))
+        return {"_node_ip_address": probe.getsockname()[0]}
 
 
 class PoolWorker:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.ray_pool import run_pool
+from infra.ray_pool import driver_node_ip, run_pool
 
 pytestmark = pytest.mark.e2e
 
@@ -79,3 +79,13 @@ def test_killed_actor_loses_no_item_and_duplicates_none(ray_local, tmp_path, how
 def test_bad_input_fails_fast_with_its_own_error(ray_local, tmp_path):
     with pytest.raises(ValueError, match="item 0 is bad input"):
         run_pool(SlowWorker, (str(tmp_path),), "fail", [0, 1], num_workers=1, name_prefix="pool-fail")
+
+
+@pytest.mark.parametrize(("address", "expected"), [
+    ("127.0.0.1:6379", {"_node_ip_address": "127.0.0.1"}),  # a loopback cluster: the driver is on loopback too
+    ("localhost:6379", {"_node_ip_address": "127.0.0.1"}),
+    ("auto", {}),  # Ray finds the local cluster itself
+    ("ray://head:10001", {}),  # Ray Client: no local raylet to name
+])
+def test_a_driver_names_the_address_the_cluster_reaches(address, expected):
+    assert driver_node_ip(address) == expected
