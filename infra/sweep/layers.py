@@ -133,8 +133,9 @@ def frontier_panels_png(frame: pd.DataFrame, x: str, y: str, title: str) -> byte
 def metric_by_layer_png(frame: pd.DataFrame, y: str, title: str) -> bytes:
     """y against depth: one line per grid point (the same SAE settings at each layer), coloured by architecture."""
     hookpoints = list(dict.fromkeys(frame["hookpoint"]))
-    position = {hookpoint: i for i, hookpoint in enumerate(hookpoints)}
     kinds = {Hookpoint.parse(h).kind for h in hookpoints}
+    # At its depth when there is one hookpoint per layer; otherwise side by side, in depth order, each tick naming its kind.
+    position = {h: layer_of(h) if len(kinds) == 1 else i for i, h in enumerate(hookpoints)}
     ticks = [str(layer_of(h)) if len(kinds) == 1 else f"{layer_of(h)}\n{Hookpoint.parse(h).kind}" for h in hookpoints]
     colours, labels = series_colours(frame), series_labels(frame)
     drawn: dict[str, int] = {}
@@ -145,7 +146,7 @@ def metric_by_layer_png(frame: pd.DataFrame, y: str, title: str) -> bytes:
         drawn[series] = drawn.get(series, 0) + 1
         xs = rows["hookpoint"].map(position)
         axes.plot(xs, rows[y], marker="o", linestyle=style, color=colours[series], label=point, alpha=0.85)
-    axes.set_xticks(range(len(hookpoints)), ticks)
+    axes.set_xticks([position[h] for h in hookpoints], ticks)
     axes.set_xlabel(f"layer (hook_{next(iter(kinds))})" if len(kinds) == 1 else "layer")
     axes.set_ylabel(y)
     axes.set_title(title)
