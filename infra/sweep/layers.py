@@ -78,10 +78,11 @@ def layers_schema() -> pa.DataFrameSchema:
     checks = [
         *base.checks,
         pa.Check(lambda df: df["layer"] == df["hookpoint"].map(layer_of), error="layer is the block index in hookpoint"),
-        pa.Check(lambda df: bool(df.groupby("hookpoint")["sweep_id"].nunique().eq(1).all()), error="one sweep per hookpoint"),
-        pa.Check(lambda df: df.groupby("hookpoint")["point"].apply(frozenset).nunique() == 1,
+        # Row-wise (so a failure names the rows): one sweep per hookpoint, each point at every layer, once.
+        pa.Check(lambda df: df.groupby("hookpoint")["sweep_id"].transform("nunique").eq(1), error="one sweep per hookpoint"),
+        pa.Check(lambda df: df.groupby("point")["hookpoint"].transform("nunique").eq(df["hookpoint"].nunique()),
                  error="every layer has the same grid points"),
-        pa.Check(lambda df: not df.duplicated(["hookpoint", "point"]).any(), error="each grid point once per layer"),
+        pa.Check(lambda df: ~df.duplicated(["hookpoint", "point"], keep=False), error="each grid point once per layer"),
     ]
     return pa.DataFrameSchema(columns, checks=checks, strict=False, name="layer sweep results")
 

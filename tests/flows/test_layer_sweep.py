@@ -15,7 +15,8 @@ from flows.results import LayerSweepResult
 from flows.specs import HarvestSpec, SweepSpec
 from infra.harvest.plan import harvest_in_process, plan_harvest
 from infra.lm.tokens import BUILTIN_PYDOC, TokenSpec
-from infra.sweep.layers import layers_id
+from infra.parquet_io import write_parquet_atomic
+from infra.sweep.layers import LayerSweep, layers_id, write_layer_summary
 from infra.sweep.run import read_results
 from tests.infra.fake_harvest import HOOKPOINTS, write_fake_harvest
 
@@ -140,3 +141,34 @@ def test_layer_sweep_tabulates_and_plots_across_layers_and_serves_single_layer_s
 
     monkeypatch.setattr(tasks.sweep, "run_groups", must_not_train)
     assert sweep(layer_spec(harvest, root, hookpoint=LAYERS[1])) == swept.layers[LAYERS[1]]
+
+
+# --------------------------------------------------------------------------- the summary alone (no training)
+
+
+def fake_results(tmp_path: Path, hookpoint: str, sweep_id: str, ks: list[int]) -> LayerSweep:
+    rows = [{"sae_id": f"topk-64-k{k}-lr0-003-s0-{sweep_id[-4:]}{k}", "architecture": "topk", "d_sae": 64, "expansion_factor": 2.0,
+             "k": k, "sparsity_coefficient": None, "lr": 3e-3, "seed": 0, "status": "finished", "epochs": 1.0, "sae_uri": "s",
+             "features_uri": "f", "l0": float(k), "explained_variance": 0.5 + k / 100, "dead_fraction": 0.0,
+             "dead_fraction_tokens": 100.0} for k in ks]
+    frame = pd.DataFrame(rows).astype({"k": "Int64", "sparsity_coefficient": "float64"})
+    uri = str(tmp_path / sweep_id / "results.parquet")
+    write_parquet_atomic(uri, frame)
+    return LayerSweep(hookpoint, sweep_id, uri, str(tmp_path / sweep_id / "report.md"))
+
+
+def test_the_summary_orders_layers_by_depth_and_refuses_layers_with_other_grids(tmp_path):
+    layers = [fake_results(tmp_path, "blocks.4.hook_mlp_out", "s-aaaa", [4, 8]),
+              fake_results(tmp_path, "blocks.1.hook_resid_post", "s-bbbb", [4, 8]),
+              fake_results(tmp_path, "blocks.4.hook_resid_post", "s-cccc", [4, 8])]
+    summary = write_layer_summary(str(tmp_path), "h", layers)
+    table = pd.read_parquet(summary.results)
+    assert table["layer"].tolist() == [1, 1, 4, 4, 4, 4] and table["hookpoint"].iloc[2] == "blocks.4.hook_mlp_out"
+    assert summary.layers_id == layers_id(["s-cccc", "s-aaaa", "s-bbbb"])  # order-free
+    assert "l0_vs_ce_loss_recovered_by_layer.png" not in summary.plots  # no splice metrics, no CE plots
+    for uri in summary.plots.values():
+        with Image.open(uri) as image:
+            image.verify()
+    uneven = [*layers[:2], fake_results(tmp_path, "blocks.4.hook_resid_post", "s-dddd", [4])]
+    with pytest.raises(ValueError, match=r"every layer has the same grid points"):
+        write_layer_summary(str(tmp_path), "h", uneven)
