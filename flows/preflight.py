@@ -204,15 +204,35 @@ def check_harvest(spec: HarvestSpec, prefix: str = "") -> None:
     check_source(spec.source, f"{prefix}source")
 
 
+def swept_hookpoints(spec: SweepSpec) -> dict[str, list[str]]:
+    """The hookpoints a sweep reads, by the spec key that names them (a layer sweep's hookpoints replace hookpoint)."""
+    if spec.hookpoints:
+        return {"hookpoints": spec.hookpoints}
+    return {"hookpoint": [spec.hookpoint], "target_hookpoint": [spec.target_hookpoint] if spec.target_hookpoint else []}
+
+
+def check_harvested(spec: SweepSpec, harvested: list[str], harvest: str | None) -> None:
+    """Every hookpoint the sweep reads is in harvested: the stored harvest's (its URI given) or harvest_spec's (None)."""
+    for field, names in swept_hookpoints(spec).items():
+        missing = [name for name in names if name not in harvested]
+        if not missing:
+            continue
+        what = repr(missing[0]) if field != "hookpoints" else f"{missing}"
+        if harvest is None:
+            rule = f"{what} is not harvested: not in harvest_spec.hookpoints {harvested}"
+        else:
+            rule = f"{what} was not harvested in {harvest}; it has {harvested}"
+        if field == "hookpoints":
+            rule += " (a layer sweep reads every layer from one harvest)"
+        raise PreflightError(field, rule)
+
+
 def check_sweep(spec: SweepSpec) -> None:
-    """Storage; the hookpoint is in the stored harvest's manifest, or in harvest_spec.hookpoints."""
+    """Storage; the hookpoint(s) are in the stored harvest's manifest, or in harvest_spec.hookpoints."""
     check_storage(spec.root, "root", spec.storage_secret)
     if not spec.harvest:
         check_harvest(spec.harvest_spec, "harvest_spec.")
-        for field in ("hookpoint", "target_hookpoint"):
-            name = getattr(spec, field)
-            if name is not None and name not in spec.harvest_spec.hookpoints:
-                raise PreflightError(field, f"{name!r} is not harvested: not in harvest_spec.hookpoints {spec.harvest_spec.hookpoints}")
+        check_harvested(spec, spec.harvest_spec.hookpoints, None)
         return
     check_storage(spec.harvest, "harvest", spec.storage_secret)
     manifest = local_manifest(spec.harvest)
@@ -221,11 +241,7 @@ def check_sweep(spec: SweepSpec) -> None:
     if not manifest:
         raise PreflightError("harvest", f"{spec.harvest} has no {MANIFEST_FILE}: run the harvest flow first "
                                         "(`saeflow harvest`; missing or unfinished), or leave harvest empty to run harvest_spec")
-    hookpoints = manifest.get("hookpoints") or []
-    for field in ("hookpoint", "target_hookpoint"):
-        name = getattr(spec, field)
-        if name is not None and name not in hookpoints:
-            raise PreflightError(field, f"{name!r} was not harvested in {spec.harvest}; it has {hookpoints}")
+    check_harvested(spec, manifest.get("hookpoints") or [], spec.harvest)
     d_model = manifest.get("d_model")
     if isinstance(d_model, int) and any(a in ("topk", "batchtopk") for a in spec.architectures):
         smallest = min(int(f * d_model) for f in spec.expansion_factors)

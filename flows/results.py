@@ -38,6 +38,23 @@ class SweepResult:
 
 
 @dataclass(frozen=True)
+class LayerSweepResult:
+    """A finished layer sweep: one sweep per hookpoint (each as a sweep of that hookpoint alone would be), and their summary."""
+
+    layers_id: str
+    report: str
+    """The summary report across layers, linking each layer's report."""
+    results: str
+    """results.parquet across layers: every layer's rows, with hookpoint, layer and sweep_id columns."""
+    layers: dict[str, SweepResult] = field(default_factory=dict)
+    """Each hookpoint's own sweep, in the spec's order."""
+
+    def outputs(self) -> list[tuple[str, str]]:
+        return [("layers report", self.report), ("layers results", self.results),
+                *((f"report {hookpoint}", layer.report) for hookpoint, layer in self.layers.items())]
+
+
+@dataclass(frozen=True)
 class FeaturesResult:
     """The features stage's tables and browser."""
 

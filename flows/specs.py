@@ -36,6 +36,16 @@ def check_hookpoint(name: str) -> str:
     return name
 
 
+def check_hookpoints(names: list[str]) -> list[str]:
+    """The names, if each follows the hookpoint grammar and none is listed twice (a ValueError otherwise)."""
+    for name in names:
+        check_hookpoint(name)
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"hookpoint(s) {repeated} listed twice: each hookpoint once")
+    return names
+
+
 def check_order(spec: BaseModel, small: str, large: str, rule: str) -> None:
     """spec.small <= spec.large, after validation (a field validator would skip unset defaults)."""
     if getattr(spec, small) > getattr(spec, large):
@@ -67,15 +77,7 @@ class HarvestSpec(BaseModel):
         None, description="Prefect Secret block with S3 credentials / endpoint (JSON: AWS_ACCESS_KEY_ID, ...); else the environment."
     )
 
-    @field_validator("hookpoints")
-    @classmethod
-    def _hookpoints(cls, names: list[str]) -> list[str]:
-        for name in names:
-            check_hookpoint(name)
-        repeated = sorted({name for name in names if names.count(name) > 1})
-        if repeated:
-            raise ValueError(f"hookpoint(s) {repeated} listed twice: each hookpoint once")
-        return names
+    _hookpoints = field_validator("hookpoints")(lambda cls, names: check_hookpoints(names))
 
     @model_validator(mode="after")
     def _whole_context(self) -> HarvestSpec:
@@ -94,6 +96,11 @@ class SweepSpec(BaseModel):
     harvest: str | None = Field(None, description="URI of a stored harvest; when empty, harvest_spec is run first (cached).")
     harvest_spec: HarvestSpec = Field(default_factory=HarvestSpec, description="Harvest to run when no stored harvest is given.")
     hookpoint: str = Field("blocks.6.hook_resid_post", description="Hookpoint whose activations the SAEs learn.")
+    hookpoints: list[str] = Field(
+        [], description="Layer sweep: the same grid at each of these hookpoints (hookpoint is then unused), from one harvest of "
+        "all of them, with one results table and plots across layers; each layer keeps the ids a sweep of its hookpoint alone "
+        "would have. Empty: sweep hookpoint alone."
+    )
     architectures: list[Architecture] = Field(["topk", "relu"], min_length=1, description=", ".join(ARCHITECTURES) + ".")
     target_hookpoint: str | None = Field(
         None, description="What transcoders predict from hookpoint (e.g. blocks.6.hook_mlp_out from blocks.6.hook_mlp_in); "
@@ -152,6 +159,7 @@ class SweepSpec(BaseModel):
     wandb_mode: WandbModeSetting = None
 
     _hookpoint = field_validator("hookpoint")(check_hookpoint)
+    _hookpoints = field_validator("hookpoints")(lambda cls, names: check_hookpoints(names))
     _target_hookpoint = field_validator("target_hookpoint")(lambda cls, v: v if v is None else check_hookpoint(v))
 
     @field_validator("matryoshka_prefix_fractions")
@@ -167,6 +175,19 @@ class SweepSpec(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _layers(self) -> SweepSpec:
+        if not self.hookpoints:
+            return self
+        transcoders = [kind for kind in self.kinds if kind != "sae"]
+        if self.target_hookpoint is not None or transcoders:
+            raise ValueError(f"hookpoints {self.hookpoints} with target_hookpoint={self.target_hookpoint!r} / kinds {self.kinds}: "
+                             "paired (transcoder) layer sweeps are not supported; sweep each pair on its own")
+        if "hookpoints" not in self.harvest_spec.model_fields_set:
+            # One harvest of every layer: the harvest run when no stored one is given reads them all.
+            self.harvest_spec = self.harvest_spec.model_copy(update={"hookpoints": list(self.hookpoints)})
+        return self
+
+    @model_validator(mode="after")
     def _pairing(self) -> SweepSpec:
         transcoders = [kind for kind in self.kinds if kind != "sae"]
         if transcoders and self.target_hookpoint is None:
@@ -174,6 +195,16 @@ class SweepSpec(BaseModel):
         if self.target_hookpoint is not None and self.target_hookpoint == self.hookpoint:
             raise ValueError(f"target_hookpoint {self.target_hookpoint!r} equals hookpoint: a transcoder predicts another activation")
         return self
+
+    def layer_specs(self) -> list[SweepSpec]:
+        """The single-hookpoint sweeps a layer sweep is made of, one per hookpoint (just this spec for a plain sweep).
+
+        Each is the spec of a sweep of that hookpoint alone (hookpoints empty, the same harvest), so it
+        plans to the same ids: a layer sweep finds per-layer work done, and leaves its work to be found.
+        """
+        if not self.hookpoints:
+            return [self]
+        return [self.model_copy(update={"hookpoint": name, "hookpoints": []}) for name in self.hookpoints]
 
 
 class DiffSpec(BaseModel):

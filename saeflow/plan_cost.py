@@ -55,8 +55,12 @@ def sweep_lines(spec: SweepSpec, root: str) -> list[str]:
     train_tokens = spec.train_tokens // spec.batch_size * spec.batch_size
     sized = [(training_bytes(d_in, d_sae, spec.batch_size), key) for key, d_sae in points]
     groups = pack_groups(sized, CPU_BUDGET_BYTES, spec.max_group_size)
-    note = "groups packed for a CPU's 4 GiB budget; on a GPU the plan step packs by 60% of its memory"
-    return lines + sweep_cost(root, [(d_in, d_sae) for _, d_sae in points], train_tokens, spec.batch_size, len(groups), [note]).lines()
+    notes = ["groups packed for a CPU's 4 GiB budget; on a GPU the plan step packs by 60% of its memory"]
+    layers = len(spec.layer_specs())  # a layer sweep: the grid once per hookpoint
+    if layers > 1:
+        notes.append(f"layer sweep: {layers} hookpoints x {len(points)} grid points")
+    shapes = [(d_in, d_sae) for _, d_sae in points] * layers
+    return lines + sweep_cost(root, shapes, train_tokens, spec.batch_size, len(groups) * layers, notes).lines()
 
 
 def cost_lines(command: str, spec: BaseModel) -> list[str]:

@@ -11,8 +11,9 @@ from prefect.context import TaskRunContext
 from infra.cost import sweep_cost
 from infra.features.mcs import mcs_section
 from infra.ids import spec_hash
-from infra.storage import join, read_json, write_bytes_atomic
+from infra.storage import join, read_bytes, read_json, write_bytes_atomic
 from infra.sweep.grid import ARCHITECTURE_KNOBS, K_ARCHITECTURES, SweepPlan, group_points, memory_budget_bytes, plan_sweep
+from infra.sweep.layers import LayerSummary, LayerSweep, write_layer_summary
 from infra.sweep.plots import sweep_plots
 from infra.sweep.report import below_random_note, data_note
 from infra.sweep.run import read_results, run_groups, write_results
@@ -25,17 +26,7 @@ from tasks.retry import STORAGE_RETRY, retry_unless_bad_input
 @task(**STORAGE_RETRY, retry_condition_fn=retry_unless_bad_input)
 def plan_sweep_task(spec: dict[str, Any], harvest: str) -> SweepPlan:
     """Validate the grid against the harvest, lay out storage and group the points; returns the plan."""
-    axes = {key: spec[key] for key in ("architectures", "expansion_factors", "ks", "sparsity_coefficients", "lrs", "seeds")}
-    axes.update({key: spec[key] for key in ARCHITECTURE_KNOBS if key in spec})
-    axes["kinds"] = spec["kinds"]  # sae / transcoder / skip_transcoder, crossed with the architectures
-    stage = {key: spec[key] for key in ("eval_contexts", "splice_contexts", "shuffle_buffer", "stream_seed", "checkpoint_every")}
-    stage["splice_ci_width"] = spec["splice_ci_width"]
-    stage["splice_baselines"] = spec["splice_baselines"]
-    stage["target_hookpoint"] = spec["target_hookpoint"]
-    plan = plan_sweep(
-        spec["name"], spec["root"], harvest, spec["hookpoint"], axes, spec["train_tokens"], spec["batch_size"],
-        spec["warmup_steps"], spec["autocast_bf16"], **stage,
-    )
+    plan = plan_from_spec(spec, harvest)
     epochs = plan.epochs(plan.total_steps * plan.batch_size)
     if epochs > 1:
         # The training stream loops: past one epoch every point sees the same rows again.
@@ -52,6 +43,21 @@ def plan_sweep_task(spec: dict[str, Any], harvest: str) -> SweepPlan:
     cost = sweep_cost(plan.root, shapes, plan.total_steps * plan.batch_size, plan.batch_size, len(plan.groups), note)
     get_run_logger().info("cost plan of sweep %s:\n%s", plan.sweep_id, "\n".join(cost.lines()))
     return plan
+
+
+def plan_from_spec(spec: dict[str, Any], harvest: str) -> SweepPlan:
+    """infra.sweep.grid.plan_sweep of a single-hookpoint SweepSpec's values (its root made absolute); groups not yet packed."""
+    axes = {key: spec[key] for key in ("architectures", "expansion_factors", "ks", "sparsity_coefficients", "lrs", "seeds")}
+    axes.update({key: spec[key] for key in ARCHITECTURE_KNOBS if key in spec})
+    axes["kinds"] = spec["kinds"]  # sae / transcoder / skip_transcoder, crossed with the architectures
+    stage = {key: spec[key] for key in ("eval_contexts", "splice_contexts", "shuffle_buffer", "stream_seed", "checkpoint_every")}
+    stage["splice_ci_width"] = spec["splice_ci_width"]
+    stage["splice_baselines"] = spec["splice_baselines"]
+    stage["target_hookpoint"] = spec["target_hookpoint"]
+    return plan_sweep(
+        spec["name"], spec["root"], harvest, spec["hookpoint"], axes, spec["train_tokens"], spec["batch_size"],
+        spec["warmup_steps"], spec["autocast_bf16"], **stage,
+    )
 
 
 def group_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
@@ -71,11 +77,14 @@ def group_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str 
     **STORAGE_RETRY, retry_condition_fn=retry_unless_bad_input, cache_key_fn=group_cache_key, persist_result=True,
     task_run_name="train-group-{index}",
 )
-def train_group_task(plan: SweepPlan, index: int, num_actors: int, ray_address: str | None) -> list[str]:
+def train_group_task(
+    plan: SweepPlan, index: int, num_actors: int, ray_address: str | None, groups_in_run: int | None = None
+) -> list[str]:
     """Train one group's unfinished points on one Ray actor (mapped: one task run per group); returns their SAE URIs.
 
     Groups run side by side as far as Ray's resources allow: each actor asks for 1/num_actors of
     the cluster's CPUs (or one GPU), so num_actors groups train at once and the rest queue in Ray.
+    groups_in_run: the groups mapped in this flow run (a layer sweep maps every layer's), default the plan's.
     """
     from infra.ray_pool import ensure_ray
 
@@ -85,7 +94,7 @@ def train_group_task(plan: SweepPlan, index: int, num_actors: int, ray_address: 
         ensure_ray(ray_address)
         label = f"group {index}"
         sink = progress_artifact(f"sweep {plan.sweep_id} {label}: tokens trained")
-        run_groups(plan, [todo], 1, labels=[label], sink=sink, cpu_share=min(num_actors, len(plan.groups)))
+        run_groups(plan, [todo], 1, labels=[label], sink=sink, cpu_share=min(num_actors, groups_in_run or len(plan.groups)))
     return [m.sae_uri for m in members]
 
 
@@ -145,6 +154,17 @@ def target_note(plan: SweepPlan) -> str:
         return ""
     return (f" -> target `{plan.target_hookpoint}` (transcoders predict it from the hookpoint and are spliced in place of what "
             f"computes it, against zero-ablating that; the SAEs of this sweep learn the target itself)")
+
+
+@task(**STORAGE_RETRY, retry_condition_fn=retry_unless_bad_input)
+def layer_summary_task(plans: list[SweepPlan], results: list[str], reports: list[str]) -> LayerSummary:
+    """A layer sweep's table across layers, plots per layer and summary report (each layer's sweep already reported)."""
+    layers = [LayerSweep(plan.hookpoint, plan.sweep_id, results_uri, report_uri)
+              for plan, results_uri, report_uri in zip(plans, results, reports, strict=True)]
+    summary = write_layer_summary(plans[0].root, plans[0].harvest, layers)
+    markdown = read_bytes(summary.report).decode()
+    create_markdown_artifact(markdown=markdown, key="layer-sweep-report", description=f"Layer sweep {summary.layers_id}")
+    return summary
 
 
 @task

@@ -30,11 +30,23 @@ def series_labels(frame: pd.DataFrame) -> pd.Series:
 def tradeoff_png(frame: pd.DataFrame, x: str, y: str, title: str, log_x: bool = False) -> bytes:
     """Scatter of every grid point, one colour per architecture (and kind), its Pareto frontier as a line."""
     figure, axes = plt.subplots(figsize=(6.4, 4.4), dpi=110)
+    draw_tradeoff(axes, frame, x, y)
+    axes.set_title(title)
+    if log_x:
+        axes.set_xscale("log")
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    return png_bytes(figure)
+
+
+def draw_tradeoff(axes: plt.Axes, frame: pd.DataFrame, x: str, y: str, colours: dict[str, str] | None = None) -> None:
+    """tradeoff_png's scatter, error bars and frontiers on one axes (colours: a fixed colour per series, e.g. across panels)."""
     for architecture, rows in frame.groupby(series_labels(frame)):
         rows = rows.dropna(subset=[x, y])
         if rows.empty:
             continue
-        points = axes.scatter(rows[x], rows[y], alpha=0.45, label=None)
+        colour = (colours or {}).get(architecture)
+        points = axes.scatter(rows[x], rows[y], alpha=0.45, label=None, color=colour)
         low, high = f"{y}_ci_low", f"{y}_ci_high"
         if low in rows and high in rows and rows[[low, high]].notna().all(axis=None):
             # 95% bootstrap interval over held-out contexts; clipped at 0 where the reported value
@@ -45,13 +57,7 @@ def tradeoff_png(frame: pd.DataFrame, x: str, y: str, title: str, log_x: bool = 
         axes.plot(front[x], front[y], marker="o", color=points.get_facecolor()[0][:3], label=f"{architecture} (frontier)")
     axes.set_xlabel(x)
     axes.set_ylabel(y)
-    axes.set_title(title)
-    if log_x:
-        axes.set_xscale("log")
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
-    figure.tight_layout()
-    return png_bytes(figure)
 
 
 def sweep_plots(frame: pd.DataFrame) -> dict[str, bytes]:

@@ -33,3 +33,11 @@ def test_dry_run_prints_the_cost_as_comments(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "# harvest: 2,048 tokens" in out and "# sweep: 16,384 tokens, 2 points in 1 groups" in out
     assert "no sweep throughput measured under this root yet" in out
+
+
+def test_dry_run_of_a_layer_sweep_costs_the_grid_once_per_hookpoint(tmp_path, capsys):
+    assert main(["sweep", "--dry-run", "--set", f"root={tmp_path}", "--set", "harvest_spec.num_tokens=2048",
+                 "--set", "train_tokens=8192", "--set", "batch_size=4096",
+                 "--set", "hookpoints=[blocks.2.hook_resid_post,blocks.4.hook_resid_post,blocks.6.hook_resid_post]"]) == 0
+    out = capsys.readouterr().out
+    assert "# sweep: 49,152 tokens, 6 points in 3 groups" in out and "layer sweep: 3 hookpoints x 2 grid points" in out
