@@ -182,9 +182,13 @@ class SweepSpec(BaseModel):
         if self.target_hookpoint is not None or transcoders:
             raise ValueError(f"hookpoints {self.hookpoints} with target_hookpoint={self.target_hookpoint!r} / kinds {self.kinds}: "
                              "paired (transcoder) layer sweeps are not supported; sweep each pair on its own")
-        if "hookpoints" not in self.harvest_spec.model_fields_set:
-            # One harvest of every layer: the harvest run when no stored one is given reads them all.
-            self.harvest_spec = self.harvest_spec.model_copy(update={"hookpoints": list(self.hookpoints)})
+        # One harvest of every layer: the harvest run when no stored one is given reads them all. A
+        # harvest_spec given without some layers (the UI's form always sends one, with its default
+        # hookpoint) gets them added; one given without any hookpoints harvests exactly the layers.
+        given = self.harvest_spec.hookpoints if "hookpoints" in self.harvest_spec.model_fields_set else []
+        wanted = [*given, *(name for name in self.hookpoints if name not in given)]
+        if wanted != self.harvest_spec.hookpoints:
+            self.harvest_spec = self.harvest_spec.model_copy(update={"hookpoints": wanted})
         return self
 
     @model_validator(mode="after")

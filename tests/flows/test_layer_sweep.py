@@ -52,11 +52,11 @@ def test_a_layer_sweep_harvests_every_layer_in_one_harvest():
     assert spec.harvest_spec.hookpoints == ["blocks.2.hook_resid_post", "blocks.4.hook_mlp_out"]
     assert all(layer.harvest_spec == spec.harvest_spec for layer in spec.layer_specs())
     assert SweepSpec.model_validate(spec.model_dump()) == spec  # Prefect re-validates parameters: the same spec
+    # A harvest_spec that names other hookpoints (the UI's form sends its default) keeps them and gains the layers.
     given = SweepSpec(hookpoints=["blocks.2.hook_resid_post"], harvest_spec=HarvestSpec(hookpoints=["blocks.3.hook_resid_post"]))
-    assert given.harvest_spec.hookpoints == ["blocks.3.hook_resid_post"]  # an explicit list is kept, and preflight refuses it:
-    with pytest.raises(PreflightError) as caught:
-        preflight(given)
-    assert caught.value.key == "hookpoints" and "['blocks.2.hook_resid_post'] is not harvested: not in harvest_spec.hookpoints" in str(caught.value)
+    assert given.harvest_spec.hookpoints == ["blocks.3.hook_resid_post", "blocks.2.hook_resid_post"]
+    assert SweepSpec.model_validate(given.model_dump()) == given
+    preflight(given)
 
 
 @pytest.mark.parametrize(
