@@ -11,8 +11,10 @@ active latents per token, and every other product can be computed from those k i
   b_enc by an index-add, into b_dec by one vector-matrix product) or ``dense()`` (one dense
   product for W_enc; still no [B, D] gradient for the centred input).
 - ``decode_active`` decodes from (row, latent, value) triples with ``F.embedding_bag``
-  (gather and sum of k decoder rows per token; its backward is an index-add into W_dec and a
-  k-row dot product per token).
+  (gather and sum of k decoder rows per token); its backward is a sparse product for W_dec and
+  a product sampled on the entries' pattern for the values (no sort of the indices).
+- ``Active.to_sparse`` hands the trainer the activations as a CSR matrix: dead-latent tracking
+  and L0 read the entries, never a dense [B, F] matrix.
 
 Where too many latents are active the dense product is faster again (a ReLU SAE early in
 training fires on half its latents); both functions switch to the dense product above
