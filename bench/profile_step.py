@@ -1,6 +1,7 @@
 """torch.profiler table of one saeflow training step (top ops by self CPU time).
 
-Run: `.venv/bin/python -m bench.profile_step [--architecture topk] [--expansion 8] [--batch 1024] [--bf16]`.
+Run: `.venv/bin/python -m bench.profile_step [--architecture topk] [--expansion 8] [--batch 1024] [--bf16]
+[--threads N] [--by-shape]`.
 The allocator is set as the training workers set it; 3 warm-up steps, then 5 profiled steps.
 """
 
@@ -38,12 +39,17 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1024)
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--rows", type=int, default=18)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--by-shape", action="store_true", help="group ops by input shape too")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     trainer, x_BD = profiled_trainer(args.architecture, args.expansion, args.batch, args.bf16)
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=args.by_shape) as prof:
         for _ in range(5):
             trainer.train_step(x_BD)
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows, max_name_column_width=40))
+    averages = prof.key_averages(group_by_input_shape=args.by_shape)
+    print(averages.table(sort_by="self_cpu_time_total", row_limit=args.rows, max_name_column_width=40))
 
 
 if __name__ == "__main__":
