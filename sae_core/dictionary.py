@@ -72,7 +72,11 @@ class Dictionary(nn.Module, ABC):
     # -- dead-latent bookkeeping, shared by every kind -------------------------------------
     @torch.no_grad()
     def _track_firing(self, acts_BF: Tensor) -> None:
-        fired_F = (acts_BF > 0).any(dim=0)
+        if acts_BF.layout == torch.sparse_csr:  # the sparse path's activations: read the entries alone
+            fired_F = torch.zeros_like(self.tokens_since_fired, dtype=torch.bool)
+            fired_F[acts_BF.col_indices()[acts_BF.values() > 0]] = True
+        else:
+            fired_F = (acts_BF > 0).any(dim=0)
         self.tokens_since_fired.add_(acts_BF.shape[0]).masked_fill_(fired_F, 0)
 
     def dead_latents(self) -> Tensor:

@@ -25,8 +25,9 @@ def remove_parallel_gradient_(W_dec_FD: Tensor) -> None:
     grad_FD = W_dec_FD.grad
     if grad_FD is None:
         return
-    parallel_F1 = (grad_FD * W_dec_FD).sum(dim=1, keepdim=True)
-    grad_FD.sub_(parallel_F1 * W_dec_FD)
+    # Two passes and one [F] temporary, not four passes and two [F, D] temporaries.
+    parallel_F1 = torch.linalg.vecdot(grad_FD, W_dec_FD).unsqueeze(1)
+    grad_FD.addcmul_(parallel_F1, W_dec_FD, value=-1.0)
 
 
 def random_directions(num: int, dim: int, generator: torch.Generator, norm: float = 1.0) -> Tensor:

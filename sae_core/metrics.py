@@ -25,6 +25,8 @@ def explained_variance(x_BD: Tensor, x_hat_BD: Tensor) -> Tensor:
 
 def l0_norm(acts_BF: Tensor) -> Tensor:
     """Mean number of active latents per token."""
+    if acts_BF.layout == torch.sparse_csr:  # the sparse training path's activations
+        return (acts_BF.values() != 0).sum().float() / acts_BF.shape[0]
     return (acts_BF != 0).sum(dim=-1).float().mean()
 
 

@@ -11,8 +11,9 @@ from sae_core.config import SaeConfig, TrainConfig
 def build_optimizers(sae: nn.Module, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
     """One Adam over every parameter, or Muon over weight matrices plus Adam over the rest."""
     named = [(name, p) for name, p in sae.named_parameters() if p.requires_grad]
-    # Not fused: on CPU the fused kernel measured 1.00-1.03x (bench/sparse_kernels.py).
-    adam_kwargs = {"lr": cfg.lr, "betas": cfg.adam_betas}
+    # Fused: one pass over each parameter instead of ~8. On CPU it measured 1.00-1.03x while dense
+    # bookkeeping dominated the step; 1.03-1.05x once that was gone (docs/BENCHMARKS.md, issue 20).
+    adam_kwargs = {"lr": cfg.lr, "betas": cfg.adam_betas, "fused": True}
     # Muon orthogonalises the updates of 2-D weight matrices only; biases, thresholds and a
     # crosscoder's 3-D per-source weights stay on Adam.
     matrices = [p for name, p in named if name.startswith("W_") and p.ndim == 2]

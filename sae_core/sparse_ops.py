@@ -11,8 +11,10 @@ active latents per token, and every other product can be computed from those k i
   b_enc by an index-add, into b_dec by one vector-matrix product) or ``dense()`` (one dense
   product for W_enc; still no [B, D] gradient for the centred input).
 - ``decode_active`` decodes from (row, latent, value) triples with ``F.embedding_bag``
-  (gather and sum of k decoder rows per token; its backward is an index-add into W_dec and a
-  k-row dot product per token).
+  (gather and sum of k decoder rows per token); its backward is a sparse product for W_dec and
+  a product sampled on the entries' pattern for the values (no sort of the indices).
+- ``Active.to_sparse`` hands the trainer the activations as a CSR matrix: dead-latent tracking
+  and L0 read the entries, never a dense [B, F] matrix.
 
 Where too many latents are active the dense product is faster again (a ReLU SAE early in
 training fires on half its latents); both functions switch to the dense product above
@@ -21,6 +23,7 @@ training fires on half its latents); both functions switch to the dense product 
 
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple
 
 import torch
@@ -59,6 +62,10 @@ class Active(NamedTuple):
         """Detached dense [B, F] activations, for bookkeeping (firing, L0) only."""
         acts_BF = self.vals_N.new_zeros((self.batch, self.width))
         return acts_BF.index_put_((self.rows_N, self.cols_N), self.vals_N.detach())
+
+    def to_sparse(self) -> Tensor:
+        """Detached [B, F] activations as a CSR matrix: firing and L0 read it without a dense pass."""
+        return _csr(_row_starts(self.rows_N, self.batch), self.cols_N, self.vals_N.detach(), self.width)
 
     def to_dense_differentiable(self) -> Tensor:
         """Dense [B, F] activations that pass the gradient back to vals_N."""
@@ -106,11 +113,50 @@ def decode_active(active: Active, W_dec_FD: Tensor) -> Tensor:
     """sum over active entries of value * decoder row, per token: [B, D] (no b_dec)."""
     if active.density > SPARSE_MAX_DENSITY:
         return active.to_dense_differentiable().to(W_dec_FD.dtype) @ W_dec_FD
-    counts_B = torch.bincount(active.rows_N, minlength=active.batch)
-    offsets_B = torch.cumsum(counts_B, 0) - counts_B
-    return F.embedding_bag(
-        active.cols_N, W_dec_FD, offsets_B, mode="sum", per_sample_weights=active.vals_N.to(W_dec_FD.dtype)
-    )
+    crow_B1 = _row_starts(active.rows_N, active.batch)
+    return _SparseDecode.apply(active.rows_N, crow_B1, active.cols_N, active.vals_N.to(W_dec_FD.dtype), W_dec_FD)
+
+
+def _row_starts(rows_N: Tensor, batch: int) -> Tensor:
+    """[B + 1] start of each row's entries in rows_N (sorted): CSR row pointers, embedding_bag offsets."""
+    crow_B1 = rows_N.new_zeros(batch + 1)
+    torch.cumsum(torch.bincount(rows_N, minlength=batch), 0, out=crow_B1[1:])
+    return crow_B1
+
+
+def _csr(crow_B1: Tensor, cols_N: Tensor, vals_N: Tensor, width: int) -> Tensor:
+    """The [B, F] CSR matrix of the entries (no copy of the index arrays, no invariant checks)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "CSR support is in beta": the two products used here are stable
+        return torch.sparse_csr_tensor(crow_B1, cols_N, vals_N, (len(crow_B1) - 1, width), check_invariants=False)
+
+
+class _SparseDecode(torch.autograd.Function):
+    """embedding_bag's forward with a cheaper backward: a sampled product for the values and a sparse
+    product for W_dec (embedding_bag's own backward sorts the indices and runs two slower kernels:
+    11.5 ms against 7.3 ms for this one at 8x, batch 1,024, one thread)."""
+
+    @staticmethod
+    def forward(ctx, rows_N, crow_B1, cols_N, vals_N, W_dec_FD):  # noqa: D102
+        ctx.save_for_backward(rows_N, crow_B1, cols_N, vals_N, W_dec_FD)
+        return F.embedding_bag(cols_N, W_dec_FD, crow_B1[:-1], mode="sum", per_sample_weights=vals_N)
+
+    @staticmethod
+    def backward(ctx, grad_BD):  # noqa: D102
+        rows_N, crow_B1, cols_N, vals_N, W_dec_FD = ctx.saved_tensors
+        grad_BD = grad_BD.contiguous()
+        width = W_dec_FD.shape[0]
+        grad_vals = grad_W_dec = None
+        if ctx.needs_input_grad[3]:
+            # d/d val of (b, f) = grad[b] . W_dec[f]: a product sampled on the entries' pattern.
+            pattern = _csr(crow_B1, cols_N, vals_N, width)
+            grad_vals = torch.sparse.sampled_addmm(pattern, grad_BD, W_dec_FD.t(), beta=0.0).values()
+        if ctx.needs_input_grad[4]:
+            # dL/dW_dec [F, D] = A^T grad with A the sparse [B, F] activations (COO measured faster than CSR here).
+            a_FB = torch.sparse_coo_tensor(torch.stack([cols_N, rows_N]), vals_N, (width, len(crow_B1) - 1),
+                                           check_invariants=False)
+            grad_W_dec = torch.sparse.mm(a_FB, grad_BD)
+        return None, None, None, grad_vals, grad_W_dec
 
 
 def _grad_bias_path(grad_b_enc_F: Tensor, W_enc_DF: Tensor) -> Tensor:

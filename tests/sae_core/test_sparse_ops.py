@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from sae_core import SaeTrainer, TrainConfig, fit_many, sparse_ops
+from sae_core.metrics import l0_norm
 from sae_core.sparse_ops import Active, PreActivations, decode_active
 from tests.sae_core.helpers import D_IN, D_SAE, activation_batch, make_sae
 
@@ -55,6 +56,25 @@ def test_decode_active_gradcheck(kernel):
     assert torch.allclose(decoded(vals_N, W_dec_FD), expected_BD)
 
 
+def test_sparse_decode_gradients_match_embedding_bag():
+    """The decoder's own backward (sampled product, sparse product) gives embedding_bag's gradients."""
+    generator = torch.Generator().manual_seed(2)
+    batch, width, d_in, k = 64, 300, 24, 7
+    cols_N = torch.rand(batch, width, generator=generator).topk(k, dim=-1, sorted=False).indices.reshape(-1)
+    rows_N = torch.arange(batch).repeat_interleave(k)
+    keep_N = torch.rand(batch * k, generator=generator) > 0.2  # uneven bags, some rows possibly empty
+    rows_N, cols_N = rows_N[keep_N], cols_N[keep_N]
+    vals_N = torch.rand(len(rows_N), generator=generator, requires_grad=True)
+    W_dec_FD = torch.randn(width, d_in, generator=generator, requires_grad=True)
+    grad_BD = torch.randn(batch, d_in, generator=generator)
+    ours = torch.autograd.grad(decode_active(Active(rows_N, cols_N, vals_N, batch, width), W_dec_FD), (vals_N, W_dec_FD), grad_BD)
+    counts_B = torch.bincount(rows_N, minlength=batch)
+    theirs_BD = torch.nn.functional.embedding_bag(cols_N, W_dec_FD, torch.cumsum(counts_B, 0) - counts_B, mode="sum",
+                                                  per_sample_weights=vals_N)
+    for mine, reference in zip(ours, torch.autograd.grad(theirs_BD, (vals_N, W_dec_FD), grad_BD), strict=True):
+        assert torch.allclose(mine, reference, rtol=1e-5, atol=1e-5)
+
+
 def loss_and_grads(sae, x_BD: torch.Tensor, sparse: bool):
     sae.use_sparse_kernels = sparse
     sae.zero_grad(set_to_none=True)
@@ -75,6 +95,7 @@ def test_sparse_path_matches_plain_path(architecture, dead, kernel):
         sae.tokens_since_fired[: D_SAE // 2] = sae.cfg.dead_after_tokens
     firing_before = sae.tokens_since_fired.clone()
     plain, plain_grads = loss_and_grads(sae, x_BD, sparse=False)
+    firing_plain = sae.tokens_since_fired.clone()
     sae.tokens_since_fired.copy_(firing_before)
     if hasattr(sae, "threshold_seen"):  # batchtopk, matryoshka_batchtopk
         sae.threshold_seen.fill_(False)
@@ -83,7 +104,10 @@ def test_sparse_path_matches_plain_path(architecture, dead, kernel):
     for name in plain.losses:
         assert torch.allclose(fast.losses[name], plain.losses[name], rtol=1e-5, atol=1e-6), name
     assert torch.allclose(fast.x_hat_BD, plain.x_hat_BD, atol=1e-5)
-    assert torch.equal(fast.acts_BF, plain.acts_BF.detach())
+    fast_acts_BF = fast.acts_BF.to_dense() if fast.acts_BF.layout == torch.sparse_csr else fast.acts_BF
+    assert torch.equal(fast_acts_BF, plain.acts_BF.detach())
+    assert torch.equal(l0_norm(fast.acts_BF), l0_norm(plain.acts_BF))  # read from the CSR entries
+    assert torch.equal(sae.tokens_since_fired, firing_plain)  # firing tracked from the entries too
     for name, grad in plain_grads.items():
         assert torch.allclose(fast_grads[name], grad, rtol=1e-4, atol=1e-6), name
     if dead and architecture != "relu":
