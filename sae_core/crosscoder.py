@@ -13,16 +13,18 @@ instead of [B, D].
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from sae_core.auxk import aux_k_loss
+from sae_core.auxk import aux_k_loss, aux_k_loss_sparse
 from sae_core.batchtopk import update_batch_threshold_
 from sae_core.crosscoder_config import CrosscoderConfig
 from sae_core.dictionary import Dictionary, SaeOutput
 from sae_core.geometry import geometric_median, input_scale_for, random_directions
+from sae_core.sparse_ops import Active, PreActivations, decode_active
 
 
 def source_scale(x_ND: Tensor, cfg: CrosscoderConfig) -> float:
@@ -53,6 +55,11 @@ class Crosscoder(Dictionary):
     """The CrosscoderConfig.architecture this class implements."""
     unit_norm_decoder: ClassVar[bool] = False
     """Per-source decoder norms stay free: their ratio is the diffing signal (Lindsey et al. 2024)."""
+    has_sparse_path: ClassVar[bool] = False
+    """The variant implements active_latents / active_losses (the SAEs' sparse kernels, sae_core.sparse_ops)."""
+    use_sparse_kernels: bool = True
+    """Train through the sparse path where there is one; False forces the dense products (same result
+    up to float summation order; tests/sae_core/test_crosscoder_sparse.py compares the two)."""
 
     def __init__(self, cfg: CrosscoderConfig) -> None:
         super().__init__()
@@ -132,17 +139,41 @@ class Crosscoder(Dictionary):
     def forward(self, x_BMD: Tensor, sparsity_scale: float = 1.0) -> SaeOutput:
         """Reconstruct every source and compute the loss; x_hat_BMD travels in SaeOutput.x_hat_BD."""
         xs_BMD = self.scale_inputs(x_BMD)
-        acts_BF, pre_BF = self.latents(xs_BMD)
-        xs_hat_BMD = self.decode_scaled(acts_BF)
+        if self.training and self.use_sparse_kernels and self.has_sparse_path:
+            xs_hat_BMD, acts_BF, terms, differentiable_pre = self._sparse_step(xs_BMD)
+        else:
+            acts_BF, pre_BF = self.latents(xs_BMD)
+            xs_hat_BMD = self.decode_scaled(acts_BF)
+            terms, differentiable_pre = self.sparsity_losses(xs_BMD, pre_BF, acts_BF, xs_hat_BMD), lambda: pre_BF
         # Squared error summed over D and over sources, mean over tokens (Lindsey et al. 2024).
         losses = {"mse": (xs_hat_BMD - xs_BMD).pow(2).sum(dim=(-2, -1)).mean()}
-        for name, term in self.sparsity_losses(xs_BMD, pre_BF, acts_BF, xs_hat_BMD).items():
+        for name, term in terms.items():
             losses[name] = term * sparsity_scale if name == "sparsity" else term
         if self.cfg.pre_act_std_coefficient > 0:
-            losses["pre_act_std"] = self.cfg.pre_act_std_coefficient * pre_BF.mean(dim=0).std()
+            losses["pre_act_std"] = self.cfg.pre_act_std_coefficient * differentiable_pre().mean(dim=0).std()
         if self.training:
             self._track_firing(acts_BF)
         return SaeOutput(xs_hat_BMD / self.input_scale[:, None], acts_BF, sum(losses.values()), losses)
+
+    def _sparse_step(self, xs_BMD: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor], Callable[[], Tensor]]:
+        """(reconstruction, detached activations, sparsity terms, differentiable pre-activations) through
+        the SAEs' sparse kernels: a crosscoder is an SAE over the sources concatenated ([B, M*D]), with
+        W_enc [M*D, F] and W_dec [F, M*D] as views of its parameters, so one encoder product, then only
+        the active latents (dense again above the kernels' density limit)."""
+        xs_BX = xs_BMD.flatten(1)
+        W_dec_FX = self.W_dec.flatten(1)
+        pre = PreActivations(xs_BX, self.b_dec.flatten(), self.W_enc.flatten(0, 1), self.b_enc)
+        active = self.active_latents(pre)
+        xs_hat_BMD = (decode_active(active, W_dec_FX) + self.b_dec.flatten()).view_as(xs_BMD)
+        return xs_hat_BMD, active.to_dense(), self.active_losses(xs_BX, pre, W_dec_FX, xs_hat_BMD.flatten(1)), pre.dense
+
+    def active_latents(self, pre: PreActivations) -> Active:
+        """Sparse-path twin of latents() in training."""
+        raise NotImplementedError
+
+    def active_losses(self, xs_BX: Tensor, pre: PreActivations, W_dec_FX: Tensor, xs_hat_BX: Tensor) -> dict[str, Tensor]:
+        """Sparse-path twin of sparsity_losses(), on the concatenated sources."""
+        raise NotImplementedError
 
     @torch.no_grad()
     def apply_constraints(self) -> None:
@@ -184,6 +215,7 @@ class BatchTopKCrosscoder(Crosscoder):
 
     architecture = "crosscoder_batchtopk"
     config_architecture = "batchtopk"
+    has_sparse_path = True
 
     def __init__(self, cfg: CrosscoderConfig) -> None:
         super().__init__(cfg)
@@ -209,6 +241,18 @@ class BatchTopKCrosscoder(Crosscoder):
 
     def _update_threshold(self, top_scores_N: Tensor) -> None:
         update_batch_threshold_(self.threshold, self.threshold_seen, top_scores_N, self.cfg.batchtopk_threshold_momentum)
+
+    def active_latents(self, pre: PreActivations) -> Active:
+        """The batch's B*k largest norm-weighted scores, by flat index (their ReLU'd pre-activations as values)."""
+        score_N = (pre.pre_BF.relu() * self.decoder_norm_sum().detach()).flatten()
+        top_scores_N, top_idx_N = score_N.topk(min(self.cfg.k * pre.pre_BF.shape[0], score_N.numel()), sorted=False)
+        self._update_threshold(top_scores_N)
+        return Active.from_flat(top_idx_N, pre)
+
+    def active_losses(self, xs_BX: Tensor, pre: PreActivations, W_dec_FX: Tensor, xs_hat_BX: Tensor) -> dict[str, Tensor]:
+        """AuxK on dead latents, decoded from their indices too."""
+        aux = aux_k_loss_sparse(xs_BX - xs_hat_BX, pre, self.dead_latents(), W_dec_FX, self.cfg.aux_k)
+        return {"aux": self.cfg.aux_k_coefficient * aux}
 
     def sparsity_losses(self, xs_BMD: Tensor, pre_BF: Tensor, acts_BF: Tensor, xs_hat_BMD: Tensor) -> dict[str, Tensor]:
         """AuxK on dead latents, against the residual of all sources concatenated."""
