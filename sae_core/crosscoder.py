@@ -165,7 +165,7 @@ class Crosscoder(Dictionary):
         pre = PreActivations(xs_BX, self.b_dec.flatten(), self.W_enc.flatten(0, 1), self.b_enc)
         active = self.active_latents(pre)
         xs_hat_BMD = (decode_active(active, W_dec_FX) + self.b_dec.flatten()).view_as(xs_BMD)
-        return xs_hat_BMD, active.to_dense(), self.active_losses(xs_BX, pre, W_dec_FX, xs_hat_BMD.flatten(1)), pre.dense
+        return xs_hat_BMD, active.to_sparse(), self.active_losses(xs_BX, pre, W_dec_FX, xs_hat_BMD.flatten(1)), pre.dense
 
     def active_latents(self, pre: PreActivations) -> Active:
         """Sparse-path twin of latents() in training."""
