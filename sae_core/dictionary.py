@@ -23,7 +23,9 @@ class SaeOutput(NamedTuple):
     x_hat_BD: Tensor
     """Reconstruction, in input units ([B, M, D] for a crosscoder)."""
     acts_BF: Tensor
-    """Latent activations."""
+    """Latent activations. On the sparse training path (train mode, sae_core.sparse_ops) a detached
+    CSR [B, F] tensor of the active entries (firing and L0 read it without a dense copy; call
+    .to_dense() for a dense view); dense everywhere else, encode() included."""
     loss: Tensor
     """Total training loss (scalar): the sum of ``losses``."""
     losses: dict[str, Tensor]
