@@ -94,10 +94,10 @@ def s3_root(server, name: str) -> str:
     return f"s3://{server.bucket}/{name}-{uuid.uuid4().hex[:8]}"
 
 
-def sweep_spec(harvest: str, root: str, steps: int, **overrides) -> SweepSpec:
+def sweep_spec(harvest: str | None, root: str, steps: int, **overrides) -> SweepSpec:
     values = dict(name="cluster", harvest=harvest, hookpoint=HOOKPOINT, architectures=["topk"], expansion_factors=[4.0], ks=[4, 8],
                   lrs=[3e-3], train_tokens=256 * steps, batch_size=256, warmup_steps=10, eval_contexts=8, splice_contexts=0,
-                  checkpoint_every=20, shuffle_buffer=2048, max_group_size=1, num_actors=2, root=root, wandb_mode="disabled")
+                  checkpoint_every=50, shuffle_buffer=2048, max_group_size=1, num_actors=2, root=root, wandb_mode="disabled")
     return SweepSpec(**{**values, **overrides})
 
 
@@ -126,7 +126,7 @@ def finished(root: str) -> set[str]:
 
 
 def train_and_kill(cluster, spec: SweepSpec, victim: str, timeout: float) -> tuple[dict, dict, dict[str, list[int]], Driver]:
-    """Run the sweep on the cluster; once every group has checkpointed, SIGKILL node `victim`.
+    """Run the sweep (its harvest first) on the cluster; once every group has checkpointed, SIGKILL node `victim`.
 
     Returns (the flow's result, the checkpoints at the kill, every checkpoint step seen per SAE, the driver)."""
     trainer = Driver(cluster, "sweep", spec)
@@ -140,7 +140,7 @@ def train_and_kill(cluster, spec: SweepSpec, victim: str, timeout: float) -> tup
                 seen.setdefault(sae_id, []).append(step)
         # Both groups are training and have checkpointed: stop a node now. Each worker node has
         # one CPU and the head none, so two groups training at once are on the two worker nodes.
-        if at_kill is None and len(current) == 2 and min(current.values()) >= 20 and not finished(spec.root):
+        if at_kill is None and len(current) == 2 and not finished(spec.root):
             at_kill = dict(current)
             cluster.kill(victim)
         time.sleep(0.3)
@@ -162,15 +162,16 @@ def test_cluster_spreads_the_work_survives_a_lost_node_and_matches_one_node(s3_e
         # Every server of every node listens on loopback only (IPv4, or IPv4-mapped on an IPv6 socket).
         listening = cluster.listening_addresses()
         assert listening and listening <= LOOPBACK_IPS, listening
-        harvester = Driver(cluster, "harvest", spec.model_copy(update={"ray_address": cluster.address}))
-        harvest_uri = harvester.wait(300)["harvest"]
-        shards = harvester.placements("harvest-")
-        assert len(shards) == 4 and set(shards.values()) == workers, shards  # both worker nodes harvested, the head none
-
-        sweep_on_cluster = sweep_spec(harvest_uri, spec.root, steps=steps, ray_address=cluster.address)
-        result, at_kill, seen, trainer = train_and_kill(cluster, sweep_on_cluster, "worker2", timeout=300)
-        groups = trainer.placements("sweep-")
+        # One driver: the sweep flow runs its harvest_spec first, both on the cluster.
+        sweep_on_cluster = sweep_spec(None, spec.root, steps=steps, ray_address=cluster.address,
+                                      harvest_spec=spec.model_copy(update={"ray_address": cluster.address}))
+        result, at_kill, seen, trainer = train_and_kill(cluster, sweep_on_cluster, "worker2", timeout=420)
+        shards, groups = trainer.placements("harvest-"), trainer.placements("sweep-")
     elapsed = time.monotonic() - started
+    assert len(shards) == 4 and set(shards.values()) == workers, shards  # both worker nodes harvested, the head none
+    fs, path = filesystem(spec.root)
+    (manifest,) = fs.glob(f"{path}/activations/*/_manifest.json")
+    harvest_uri = "s3://" + manifest.rsplit("/", 1)[0]
     # Both groups finished on the surviving node (the victim's group moved there), each resumed from
     # its checkpoint on S3: the checkpoint steps of every SAE only ever grow.
     assert len(groups) == 2 and set(groups.values()) == {cluster.node_ids["worker1"]}, groups
