@@ -27,11 +27,6 @@ class SparseCoder(Dictionary):
     architecture: ClassVar[str]
     unit_norm_decoder: ClassVar[bool] = True
     """Decoder rows are kept at unit norm (False where norms enter the sparsity penalty)."""
-    has_sparse_path: ClassVar[bool] = False
-    """The architecture implements active_latents / active_losses (see sae_core.sparse_ops)."""
-    use_sparse_kernels: bool = True
-    """Train through the sparse path where there is one; False forces the plain dense products
-    (same result up to float summation order; the equality tests compare the two)."""
 
     def __init__(self, cfg: SaeConfig) -> None:
         super().__init__()
@@ -125,7 +120,7 @@ class SparseCoder(Dictionary):
         only the active latents (acts_BF in the output is then detached, for bookkeeping).
         """
         xs_BD = self.scale_inputs(x_BD)
-        sparse = self.training and self.use_sparse_kernels and self.has_sparse_path
+        sparse = self.on_sparse_path
         xs_hat_BD, acts_BF, terms, differentiable_pre = self._predict_scaled(xs_BD, xs_BD, sparse, self.b_dec)
         return self._output(xs_hat_BD, xs_BD, acts_BF, terms, differentiable_pre, sparsity_scale, self.input_scale)
 

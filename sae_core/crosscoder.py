@@ -55,11 +55,6 @@ class Crosscoder(Dictionary):
     """The CrosscoderConfig.architecture this class implements."""
     unit_norm_decoder: ClassVar[bool] = False
     """Per-source decoder norms stay free: their ratio is the diffing signal (Lindsey et al. 2024)."""
-    has_sparse_path: ClassVar[bool] = False
-    """The variant implements active_latents / active_losses (the SAEs' sparse kernels, sae_core.sparse_ops)."""
-    use_sparse_kernels: bool = True
-    """Train through the sparse path where there is one; False forces the dense products (same result
-    up to float summation order; tests/sae_core/test_crosscoder_sparse.py compares the two)."""
 
     def __init__(self, cfg: CrosscoderConfig) -> None:
         super().__init__()
@@ -139,7 +134,7 @@ class Crosscoder(Dictionary):
     def forward(self, x_BMD: Tensor, sparsity_scale: float = 1.0) -> SaeOutput:
         """Reconstruct every source and compute the loss; x_hat_BMD travels in SaeOutput.x_hat_BD."""
         xs_BMD = self.scale_inputs(x_BMD)
-        if self.training and self.use_sparse_kernels and self.has_sparse_path:
+        if self.on_sparse_path:
             xs_hat_BMD, acts_BF, terms, differentiable_pre = self._sparse_step(xs_BMD)
         else:
             acts_BF, pre_BF = self.latents(xs_BMD)

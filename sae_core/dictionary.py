@@ -44,6 +44,11 @@ class Dictionary(nn.Module, ABC):
     architecture: ClassVar[str]
     unit_norm_decoder: ClassVar[bool]
     """Decoder rows are kept at unit norm, so the trainer removes the gradient parallel to them."""
+    has_sparse_path: ClassVar[bool] = False
+    """The architecture implements active_latents / active_losses (the sparse kernels, sae_core.sparse_ops)."""
+    use_sparse_kernels: bool = True
+    """Train through the sparse path where there is one; False forces the plain dense products
+    (same result up to float summation order; the equality tests compare the two)."""
     paired: ClassVar[bool] = False
     """Trains on (input, target) pairs: a transcoder (sae_core.transcoder); SAEs and crosscoders reconstruct their input."""
     cfg: DictionaryConfig
@@ -70,6 +75,11 @@ class Dictionary(nn.Module, ABC):
     @abstractmethod
     def apply_constraints(self) -> None:
         """Re-impose parameter constraints after an optimiser step."""
+
+    @property
+    def on_sparse_path(self) -> bool:
+        """Whether a forward pass now trains through the sparse kernels (training mode, a sparse path, not switched off)."""
+        return self.training and self.use_sparse_kernels and self.has_sparse_path
 
     # -- dead-latent bookkeeping, shared by every kind -------------------------------------
     @torch.no_grad()

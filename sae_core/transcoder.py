@@ -111,7 +111,7 @@ class TranscoderMixin:
             raise ValueError(f"{self.cfg.kind}: target shape {tuple(y_BO.shape)} does not pair with input "
                              f"{tuple(x_BD.shape)}; expected [..., d_out={self.cfg.d_out}] row for row")  # fmt: skip
         xs_BD, ys_BO = self.scale_inputs(x_BD), self.scale_targets(y_BO)
-        sparse = self.training and self.use_sparse_kernels and self.has_sparse_path
+        sparse = self.on_sparse_path
         # The SAE's passes with the target in the input's place: AuxK's dead latents fit what the live ones miss of y.
         ys_hat_BO, acts_BF, terms, differentiable_pre = self._predict_scaled(xs_BD, ys_BO, sparse, self.no_centre, self.skip_scaled(xs_BD))
         return self._output(ys_hat_BO, ys_BO, acts_BF, terms, differentiable_pre, sparsity_scale, self.target_scale)
