@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-import infra.activations.stream as stream_module
+import infra.activations.stream_plan as stream_plan_module
 from infra.activations.split import SeqSelection
 from infra.activations.store import harvest_uri, shard_schema, shard_table, write_manifest, write_shard_file
 from infra.activations.stream import THREAD_PREFIX, StreamSpec, StreamSpecError, count_rows, iter_batches
@@ -113,8 +113,8 @@ def test_seq_selection_and_its_complement_partition_the_rows(coded):
 
 def test_a_selection_opens_only_the_shards_it_needs(coded, monkeypatch):
     opened = []
-    real = stream_module._read_columns
-    monkeypatch.setattr(stream_module, "_read_columns", lambda plan, shard, *a: opened.append(shard.path) or real(plan, shard, *a))
+    real = stream_plan_module._read_columns
+    monkeypatch.setattr(stream_plan_module, "_read_columns", lambda plan, shard, *a: opened.append(shard.path) or real(plan, shard, *a))
     list(iter_batches(spec(coded, seqs=SeqSelection((5, 6)), batch_size=4, shuffle_buffer=0)))
     assert [Path(p).name for p in opened] == ["part-00001.parquet"], "shards without a selected context are not read"
 
