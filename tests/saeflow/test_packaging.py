@@ -20,7 +20,7 @@ def test_wheel_carries_deployments_and_package_data(tmp_path: Path):
     (wheel,) = tmp_path.glob("saeflow-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     # `saeflow deploy` reads deployments/prefect.yaml next to the installed packages.
-    assert {"deployments/prefect.yaml", "saeflow/cli.py", "saeflow/serve.py", "flows/specs.py",
+    assert {"deployments/prefect.yaml", "saeflow/cli.py", "saeflow/serve.py", "flows/specs/__init__.py", "flows/specs/sweep.py",
             "infra/features/browser_page.html"} <= names
     # pytest is a test tool, not something saeflow needs at run time.
     metadata = next(n for n in names if n.endswith(".dist-info/METADATA"))
