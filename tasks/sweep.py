@@ -11,7 +11,7 @@ from prefect.context import TaskRunContext
 from infra.cost import sweep_cost
 from infra.features.mcs import mcs_section
 from infra.ids import spec_hash
-from infra.storage import join, read_bytes, read_json, write_bytes_atomic
+from infra.storage import join, read_json, write_bytes_atomic
 from infra.sweep.grid import ARCHITECTURE_KNOBS, K_ARCHITECTURES, SweepPlan, group_points, memory_budget_bytes, plan_sweep
 from infra.sweep.layers import LayerSummary, LayerSweep, write_layer_summary
 from infra.sweep.plots import sweep_plots
@@ -162,8 +162,7 @@ def layer_summary_task(plans: list[SweepPlan], results: list[str], reports: list
     layers = [LayerSweep(plan.hookpoint, plan.sweep_id, results_uri, report_uri)
               for plan, results_uri, report_uri in zip(plans, results, reports, strict=True)]
     summary = write_layer_summary(plans[0].root, plans[0].harvest, layers)
-    markdown = read_bytes(summary.report).decode()
-    create_markdown_artifact(markdown=markdown, key="layer-sweep-report", description=f"Layer sweep {summary.layers_id}")
+    create_markdown_artifact(markdown=summary.markdown, key="layer-sweep-report", description=f"Layer sweep {summary.layers_id}")
     return summary
 
 

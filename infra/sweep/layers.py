@@ -9,7 +9,7 @@ results.parquet (pandera-validated), plots/*.png and report.md.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -42,12 +42,13 @@ class LayerSweep:
 
 @dataclass(frozen=True)
 class LayerSummary:
-    """Where the summary went."""
+    """Where the summary went, and the report's text (so the caller publishes it without reading it back)."""
 
     layers_id: str
     results: str
     report: str
     plots: dict[str, str]
+    markdown: str = field(repr=False)
 
 
 def layers_id(sweep_ids: list[str]) -> str:
@@ -207,5 +208,6 @@ def write_layer_summary(root: str, harvest: str, layers: list[LayerSweep]) -> La
         plots[name] = join(folder, "plots", name)
         write_bytes_atomic(plots[name], png)
     report_uri = join(folder, "report.md")
-    write_bytes_atomic(report_uri, layers_markdown(summary_id, harvest, layers, frame, list(plots), results_uri).encode())
-    return LayerSummary(layers_id=summary_id, results=results_uri, report=report_uri, plots=plots)
+    markdown = layers_markdown(summary_id, harvest, layers, frame, list(plots), results_uri)
+    write_bytes_atomic(report_uri, markdown.encode())
+    return LayerSummary(layers_id=summary_id, results=results_uri, report=report_uri, plots=plots, markdown=markdown)

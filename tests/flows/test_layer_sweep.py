@@ -165,6 +165,7 @@ def test_the_summary_orders_layers_by_depth_and_refuses_layers_with_other_grids(
     table = pd.read_parquet(summary.results)
     assert table["layer"].tolist() == [1, 1, 4, 4, 4, 4] and table["hookpoint"].iloc[2] == "blocks.4.hook_mlp_out"
     assert summary.layers_id == layers_id(["s-cccc", "s-aaaa", "s-bbbb"])  # order-free
+    assert Path(summary.report).read_text() == summary.markdown  # what the task publishes is what was written
     assert "l0_vs_ce_loss_recovered_by_layer.png" not in summary.plots  # no splice metrics, no CE plots
     for uri in summary.plots.values():
         with Image.open(uri) as image:
