@@ -21,7 +21,8 @@ whose held-out activations score sparsify's SAEs. Explained variance on both sid
 same held-out contexts (saeflow's from its results table). The sides alternate (reversed every
 other repeat); the 1-minute load average is printed around every run (the machine is shared).
 Run: `.venv/bin/python -m bench.sweep_vs_sparsify [--train-tokens T] [--batch B] [--repeats R]
-[--sides saeflow sparsify]`.
+[--sides saeflow sparsify]`; the defaults (8,192 tokens per SAE, 1 warm-up step, one repeat) are the
+docs/BENCHMARKS.md run, ~7-8 minutes on the 2-core VM at load ~2 (sparsify's side scales with T).
 """
 
 from __future__ import annotations
@@ -193,9 +194,9 @@ def table(runs: list[dict]) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train-tokens", type=int, default=32_768, help="training tokens per SAE (both sides)")
+    parser.add_argument("--train-tokens", type=int, default=8192, help="training tokens per SAE (both sides)")
     parser.add_argument("--batch", type=int, default=1024, help="tokens per batch (a multiple of the 128-token context)")
-    parser.add_argument("--warmup-steps", type=int, default=4)
+    parser.add_argument("--warmup-steps", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--sides", nargs="+", default=["saeflow", "sparsify"], choices=["saeflow", "sparsify"])
     parser.add_argument("--json", help="also write the raw results here")
