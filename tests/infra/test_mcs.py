@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from infra.features.mcs import max_cosines, mcs_section
+from infra.features.mcs import max_cosines, max_cosines_both_ways, mcs_section
 from infra.sae_store import save_sae
 from sae_core import SaeConfig, build_sae
 
@@ -39,3 +39,17 @@ def test_mcs_across_sizes(tmp_path):
     assert (tmp_path / "report" / "plots" / "mcs.png").stat().st_size > 1000
     assert "## Decoder similarity across SAEs (MCS)" in markdown and "![mcs](plots/mcs.png)" in markdown
     assert mcs_section(str(tmp_path / "one"), {"small": uris["small"]}) == ""
+
+
+def test_one_product_gives_both_directions_as_two_separate_matches():
+    generator = torch.Generator().manual_seed(1)
+    a_FD, b_GD = torch.randn(37, 12, generator=generator), torch.randn(53, 12, generator=generator)
+    b_GD[5] = 3 * a_FD[20]  # an exact match, found from either side
+    (cos_F, match_F), (cos_G, match_G) = max_cosines_both_ways(a_FD, b_GD, chunk=8)  # chunks of A: B's maxima run across them
+    # The direct computation: every cosine at once, maxima along each axis.
+    cos_FG = torch.nn.functional.normalize(a_FD, dim=1) @ torch.nn.functional.normalize(b_GD, dim=1).T
+    assert torch.allclose(cos_F, cos_FG.max(dim=1).values, atol=1e-6) and torch.equal(match_F, cos_FG.max(dim=1).indices)
+    assert torch.allclose(cos_G, cos_FG.max(dim=0).values, atol=1e-6) and torch.equal(match_G, cos_FG.max(dim=0).indices)
+    assert match_G[5] == 20 and cos_G[5] == pytest.approx(1.0, abs=1e-6)
+    one_way_G, one_way_match_G = max_cosines(b_GD, a_FD)
+    assert torch.allclose(cos_G, one_way_G, atol=1e-6) and torch.equal(match_G, one_way_match_G)
