@@ -7,7 +7,7 @@ point would. sparsify's `__main__` loads the model with `device_map="cuda:0"`, s
 what its `load_artifacts` + `run` do, minus the hub: `AutoModel.from_pretrained(local dir)`, a
 tokenized `datasets.Dataset` (input_ids only, so sparsify skips tokenizing), then
 `Trainer(cfg, dataset, model).fit()`, which runs the model forward on every batch and trains on the
-hooked activations. Imports only torch, transformers, datasets and sparsify.
+hooked activations. Imports only torch, transformers, datasets, sparsify and bench.sparsify_runs (torch only).
 
 Prints one JSON line: seconds from process start to the end of fit (imports, model load, training,
 sparsify's final save), fit seconds alone, then held-out explained variance and L0 (untimed).
@@ -24,11 +24,7 @@ STARTED = time.perf_counter()  # before the heavy imports: they are part of each
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-
-def explained_variance(x_ND: torch.Tensor, x_hat_ND: torch.Tensor) -> float:
-    """1 - FVU with the total variance about the per-dimension mean (sae_core.metrics' definition)."""
-    residual = (x_ND - x_hat_ND).pow(2).sum()
-    return float(1.0 - residual / (x_ND - x_ND.mean(dim=0)).pow(2).sum())
+from bench.sparsify_runs import explained_variance  # noqa: E402 - torch only: importable under sparsify's interpreter
 
 
 def train(model_dir: str, tokens_path: str, hookpoint: str, expansion: int, k: int, lr: float, batch_contexts: int,

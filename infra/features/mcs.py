@@ -35,9 +35,13 @@ def _unit_rows(W_FD: Tensor) -> Tensor:
 
 @torch.no_grad()
 def max_cosines(W_dec_A_FD: Tensor, W_dec_B_GD: Tensor, chunk: int = 4096) -> tuple[Tensor, Tensor]:
-    """(best cosine [F], index of the best latent of B [F]) for each decoder row of A."""
-    (cos_F, match_F), _ = max_cosines_both_ways(W_dec_A_FD, W_dec_B_GD, chunk)
-    return cos_F, match_F
+    """(best cosine [F], index of the best latent of B [F]) for each decoder row of A (row maxima only)."""
+    a_FD, b_GD = _unit_rows(W_dec_A_FD), _unit_rows(W_dec_B_GD)
+    values, indices = [], []
+    for start in range(0, len(a_FD), chunk):
+        best = (a_FD[start : start + chunk] @ b_GD.T).max(dim=1)
+        values.append(best.values), indices.append(best.indices)
+    return torch.cat(values), torch.cat(indices)
 
 
 @torch.no_grad()
