@@ -12,9 +12,11 @@ Explicit storage_options (endpoint_url, key, secret, config_kwargs, ...) overrid
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import posixpath
+import threading
 import uuid
 from typing import Any
 
@@ -23,6 +25,13 @@ from fsspec import AbstractFileSystem
 
 SUPPORTED_SCHEMES = ("file", "s3", "memory")
 S3_ENDPOINT_ENV = "SAEFLOW_S3_ENDPOINT_URL"
+# What botocore reads from the environment to pick credentials, region and endpoint.
+_BOTOCORE_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE",
+                 "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_CONFIG_FILE",
+                 "AWS_SHARED_CREDENTIALS_FILE", S3_ENDPOINT_ENV)
+_S3_CACHE_SIZE = 32
+_S3_FILESYSTEMS: dict[str, AbstractFileSystem] = {}
+_S3_LOCK = threading.Lock()
 
 
 class StorageError(ValueError):
@@ -35,16 +44,37 @@ def filesystem(uri: str, **storage_options: Any) -> tuple[AbstractFileSystem, st
     if scheme not in SUPPORTED_SCHEMES:
         raise StorageError(f"storage URI {uri!r}: scheme {scheme!r} is not one of {', '.join(SUPPORTED_SCHEMES)}")
     if scheme == "s3":
-        storage_options = s3_storage_options(storage_options)
+        return _s3_filesystem(uri, s3_storage_options(storage_options))
     fs, path = fsspec.core.url_to_fs(uri, **storage_options)
     return fs, path
 
 
+def _s3_filesystem(uri: str, options: dict[str, Any]) -> tuple[AbstractFileSystem, str]:
+    """One S3FileSystem per (process, options, botocore environment), reused by every call.
+
+    A new S3FileSystem builds a new botocore client, about 200 ms; a reused one answers an
+    `exists` in about 14 ms (SeaweedFS on loopback). fsspec's own instance cache keys on the
+    options only, so it would keep serving credentials the environment no longer holds: this
+    cache also keys on the botocore variables, and listings are never cached, so a reader always
+    sees what another process wrote.
+    """
+    state = json.dumps([os.getpid(), options, [os.environ.get(name) for name in _BOTOCORE_ENV]], sort_keys=True, default=repr)
+    key = hashlib.sha256(state.encode()).hexdigest()  # a digest: the key holds no secret
+    with _S3_LOCK:
+        cached = _S3_FILESYSTEMS.get(key)
+        if cached is None:
+            if len(_S3_FILESYSTEMS) >= _S3_CACHE_SIZE:
+                _S3_FILESYSTEMS.clear()
+            cached, _ = fsspec.core.url_to_fs(uri, **options)
+            _S3_FILESYSTEMS[key] = cached
+    return cached, cached._strip_protocol(uri)
+
+
 def s3_storage_options(explicit: dict[str, Any]) -> dict[str, Any]:
     """s3fs options: endpoint + path-style addressing from SAEFLOW_S3_ENDPOINT_URL, explicit ones winning."""
-    # A fresh filesystem per call: fsspec's instance cache keys on these options only, so a cached
-    # S3FileSystem would keep credentials (read from the environment) and listings that went stale.
-    options: dict[str, Any] = {"skip_instance_cache": True}
+    # skip_instance_cache: _s3_filesystem caches instead (see why there); no listings cache, so a
+    # listing never hides an object another process wrote since.
+    options: dict[str, Any] = {"skip_instance_cache": True, "use_listings_cache": False}
     endpoint = os.environ.get(S3_ENDPOINT_ENV, "").strip()
     if endpoint:
         # S3-compatible servers (SeaweedFS, MinIO) serve buckets as paths, not as virtual hosts.

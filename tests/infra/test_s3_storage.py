@@ -118,6 +118,21 @@ def test_wrong_credentials_are_not_cached(s3_env: S3Server, prefix: str, monkeyp
     assert read_bytes(uri) == b"payload"
 
 
+def test_one_client_per_environment_and_listings_never_stale(s3_env: S3Server, prefix: str,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    fs, path = filesystem(prefix)
+    assert filesystem(f"{prefix}/other.json")[0] is fs  # reused: a new botocore client costs ~200 ms per call
+    write_json_atomic(f"{prefix}/a.json", {"a": 1})
+    assert [key.rsplit("/", 1)[-1] for key in fs.find(path)] == ["a.json"]
+    # Another process writes (a client of its own): the reused client's next listing shows it.
+    other, _ = filesystem(prefix, **s3_env.storage_options())
+    assert other is not fs
+    other.pipe_file(f"{path}/b.json", b"{}")
+    assert [key.rsplit("/", 1)[-1] for key in fs.find(path)] == ["a.json", "b.json"] and fs.exists(f"{path}/b.json")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "rotated")  # any botocore variable changing means a new client
+    assert filesystem(prefix)[0] is not fs
+
+
 def test_credentials_are_never_logged_or_stored(s3_env: S3Server, prefix: str, caplog: pytest.LogCaptureFixture) -> None:
     assert s3_env.secret_key not in repr(s3_env)
     with caplog.at_level(logging.DEBUG):
