@@ -33,6 +33,26 @@ def ray_local():
     ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def smollm2_cache(tmp_path_factory):
+    """The packaged SmolLM2 converted once (GGUF -> safetensors) into the session's own model cache.
+
+    SAEFLOW_MODEL_CACHE points there for the rest of the session, child processes included, so
+    the conversion (~27 s on 2 cores) is paid once for every test that loads the model, and no
+    test depends on what the developer's home cache holds. Yields (cache root, conversion seconds).
+    """
+    import time
+
+    from infra.lm.models import packaged_model_dir
+
+    cache_root = tmp_path_factory.mktemp("model-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SAEFLOW_MODEL_CACHE", str(cache_root))
+        start = time.perf_counter()
+        packaged_model_dir()
+        yield cache_root, time.perf_counter() - start
+
+
 from tests.s3_server import S3Server, s3_server  # noqa: E402,F401 - one session-wide SeaweedFS server
 
 # Variables that could point botocore somewhere else than the test server.

@@ -24,7 +24,7 @@ KINDS = ["sae", "transcoder", "skip_transcoder"]
 
 
 @pytest.fixture(scope="module")
-def mlp_harvest(tmp_path_factory) -> tuple[str, Path]:
+def mlp_harvest(tmp_path_factory, smollm2_cache) -> tuple[str, Path]:
     base = tmp_path_factory.mktemp("transcoder-sweep")
     tokens = TokenSpec(source=BUILTIN_PYDOC, tokenizer=PACKAGED_SMOLLM2, context_length=64, num_tokens=64 * 48)
     job = plan_harvest(PACKAGED_SMOLLM2, [MLP_IN, MLP_OUT], tokens, str(base / "root"), dtype="float32", contexts_per_shard=16)

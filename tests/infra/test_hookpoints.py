@@ -239,7 +239,7 @@ def test_mlp_in_capture_stops_before_the_mlp_runs(tiny):
     assert calls[0] == 0  # recorded from the pre-hook: the MLP itself is never needed
 
 
-def test_mlp_in_and_out_on_packaged_smollm2():
+def test_mlp_in_and_out_on_packaged_smollm2(smollm2_cache):
     from infra.lm.models import PACKAGED_SMOLLM2
 
     model, tokenizer = load_model(PACKAGED_SMOLLM2, device="cpu")

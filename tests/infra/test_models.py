@@ -15,6 +15,7 @@ from infra.lm.models import PACKAGED_SMOLLM2, ModelError, ModelRef, load_model, 
 from tests.infra.tiny_models import D_MODEL, FAMILIES, MAX_POSITIONS, N_LAYERS, build_tiny_model
 
 TEXT = "Emma Woodhouse, handsome, clever, and rich"
+AUSTEN = "It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of a wife."
 
 
 @pytest.fixture(scope="module")
@@ -115,42 +116,41 @@ def test_missing_package_says_how_to_install(tmp_path, monkeypatch):
 
 # -- the packaged SmolLM2 -------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def smollm2(tmp_path_factory):
-    """Two loads of the packaged model into a fresh cache: (first, second, seconds each, cache dir)."""
-    cache_root = tmp_path_factory.mktemp("model-cache")
+def smollm2(smollm2_cache, tmp_path_factory):
+    """The config read from the GGUF (empty cache), then a load from the session's converted cache with the GGUF unreachable."""
+    cache_root, convert_s = smollm2_cache
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("SAEFLOW_MODEL_CACHE", str(cache_root))
-        assert model_facts(load_model_config(PACKAGED_SMOLLM2)).n_layers == 30  # from the GGUF
-        start = time.perf_counter()
-        first = load_model(PACKAGED_SMOLLM2, device="cpu")
-        first_s = time.perf_counter() - start
+        patch.setenv("SAEFLOW_MODEL_CACHE", str(tmp_path_factory.mktemp("empty-model-cache")))
+        gguf_config = load_model_config(PACKAGED_SMOLLM2)
 
-        def no_gguf(*_args, **_kwargs):
-            raise AssertionError("the second load must read the safetensors cache, not the GGUF")
+    def no_gguf(*_args, **_kwargs):
+        raise AssertionError("a load after the conversion must read the safetensors cache, not the GGUF")
 
+    with pytest.MonkeyPatch.context() as patch:
         patch.setattr(models, "_convert_gguf", no_gguf)
         patch.setattr(models, "_smollm2_gguf_dir", no_gguf)
         start = time.perf_counter()
-        second = load_model(PACKAGED_SMOLLM2, device="cpu")
-        second_s = time.perf_counter() - start
+        model, tokenizer = load_model(PACKAGED_SMOLLM2, device="cpu")
+        load_s = time.perf_counter() - start
         cached_config = load_model_config(PACKAGED_SMOLLM2)
-    return first, second, (first_s, second_s), cache_root, cached_config
+    return model, tokenizer, (convert_s, load_s), cache_root, gguf_config, cached_config
 
 
 @pytest.mark.e2e
-def test_packaged_smollm2_loads_through_cache(smollm2):
-    (model, tokenizer), (model2, tokenizer2), (first_s, second_s), cache_root, cached_config = smollm2
+def test_packaged_smollm2_converts_once_then_loads_from_the_cache(smollm2):
+    model, tokenizer, (convert_s, load_s), cache_root, gguf_config, cached_config = smollm2
     facts = model_facts(model.config)
     assert (facts.family, facts.n_layers, facts.d_model, facts.vocab_size) == ("llama", 30, 576, 49152)
-    assert model_facts(cached_config) == facts
+    assert model_facts(gguf_config) == model_facts(cached_config) == facts
     assert sorted(p.name for p in cache_root.iterdir()) == [PACKAGED_SMOLLM2]  # no staging dir left
     assert (cache_root / PACKAGED_SMOLLM2 / "model.safetensors").is_file()
-    print(f"packaged SmolLM2: first load {first_s:.1f}s (GGUF), second {second_s:.2f}s (cache)")
-    assert second_s < first_s / 3, f"cached load took {second_s:.1f}s vs {first_s:.1f}s converting"
+    print(f"packaged SmolLM2: conversion {convert_s:.1f}s (GGUF), load {load_s:.2f}s (cache)")
     ids_BS = tokenizer(TEXT, return_tensors="pt").input_ids
-    assert tokenizer2(TEXT, return_tensors="pt").input_ids.tolist() == ids_BS.tolist()
     assert tokenizer.decode(ids_BS[0]) == TEXT
+    # Dequantised right: it knows Austen's first line (2.8 nats/token) where chance is ln 49152 = 10.8.
+    known_BS = tokenizer(AUSTEN, return_tensors="pt").input_ids
     with torch.no_grad():
-        torch.testing.assert_close(model(ids_BS).logits, model2(ids_BS).logits)
-    acts = capture_activations(model2, ["blocks.3.hook_resid_post"], ids_BS)
+        loss = model(known_BS, labels=known_BS).loss.item()
+    assert loss < 4.0, loss
+    acts = capture_activations(model, ["blocks.3.hook_resid_post"], ids_BS)
     assert acts["blocks.3.hook_resid_post"].shape == (1, ids_BS.shape[1], 576)
