@@ -100,10 +100,19 @@ def query_activations(args: argparse.Namespace) -> int:
 
 
 def read_results_table(uri: str):
-    """A results.parquet as pandas (what infra.sweep.run.read_results does, without its torch import)."""
-    from infra.parquet_io import read_parquet
+    """A results.parquet as pandas (what infra.sweep.run.read_results does, without its torch import).
 
-    return read_parquet(uri).to_pandas()
+    Read on this thread alone: the table is small, and a short-lived CLI process that started
+    Arrow's thread pools can abort at exit while a pool thread is still being torn down
+    ("terminate called without an active exception", apache/arrow#34314), seen once in the suite.
+    """
+    import io
+
+    import pyarrow.parquet as pq
+
+    from infra.storage import read_bytes
+
+    return pq.read_table(io.BytesIO(read_bytes(uri)), use_threads=False).to_pandas(use_threads=False)
 
 
 def query_results(args: argparse.Namespace) -> int:

@@ -153,7 +153,7 @@ def test_cluster_spreads_the_work_survives_a_lost_node_and_matches_one_node(s3_e
     """Harvest and sweep on head + 2 worker nodes, a worker node killed mid-sweep; then the same on one node."""
     import pandas as pd
 
-    steps = 200
+    steps = 600  # long enough that both groups are mid-training when one has just checkpointed
     spec = HarvestSpec(model=tiny_model, hookpoints=[HOOKPOINT], source="builtin:pydoc", context_length=32, num_tokens=32 * 64,
                        contexts_per_shard=16, num_actors=2, dtype="float32", root=s3_root(s3_env, "cluster"))
     started = time.monotonic()
