@@ -30,6 +30,8 @@ _BOTOCORE_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKE
                  "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_CONFIG_FILE",
                  "AWS_SHARED_CREDENTIALS_FILE", S3_ENDPOINT_ENV)
 _S3_CACHE_SIZE = 32
+# An atomic write's temporary sibling: ".tmp-{uuid}-{name}.partial".
+TEMP_PREFIX, TEMP_SUFFIX = ".tmp-", ".partial"
 _S3_FILESYSTEMS: dict[str, AbstractFileSystem] = {}
 _S3_LOCK = threading.Lock()
 
@@ -105,7 +107,7 @@ def write_bytes_atomic(uri: str, payload: bytes, **storage_options: Any) -> None
         fs.makedirs(parent, exist_ok=True)
     # ".partial", not the real suffix: a key a killed writer leaves behind never matches a reader's
     # glob such as DuckDB's `activations/*/*.parquet` (which, unlike pyarrow, reads dot-files).
-    tmp_path = posixpath.join(parent, f".tmp-{uuid.uuid4().hex}-{posixpath.basename(path)}.partial")
+    tmp_path = posixpath.join(parent, f"{TEMP_PREFIX}{uuid.uuid4().hex}-{posixpath.basename(path)}{TEMP_SUFFIX}")
     try:
         with fs.open(tmp_path, "wb") as handle:
             handle.write(payload)
@@ -114,6 +116,25 @@ def write_bytes_atomic(uri: str, payload: bytes, **storage_options: Any) -> None
     finally:
         if fs.exists(tmp_path):
             fs.rm(tmp_path)
+
+
+def remove_partials(root: str, **storage_options: Any) -> int:
+    """Delete the temporary files that killed writers left anywhere under root; returns how many.
+
+    Only for a root whose writers are done (a harvest about to be committed): a writer still
+    running there would lose its temporary file and fail, never publish half an object.
+    """
+    fs, path = filesystem(root, **storage_options)
+    if not fs.exists(path):
+        return 0
+    stale = [key for key in fs.find(path) if _is_partial(posixpath.basename(key))]
+    for key in stale:
+        fs.rm(key)
+    return len(stale)
+
+
+def _is_partial(name: str) -> bool:
+    return name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)
 
 
 def _is_object_store(fs: AbstractFileSystem) -> bool:

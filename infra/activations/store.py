@@ -10,7 +10,8 @@ The shards have a folder of their own, so `{harvest}/activations/*/*.parquet` ma
 nothing else: DuckDB and Polars read it with hive partitioning (a `hookpoint` column) without
 tripping over the tokens file (format version 1 kept `_tokens.parquet` beside the `hookpoint=`
 folders; pyarrow skips underscore files, DuckDB and Polars do not). Temporary files of atomic
-writes end in `.partial`, never `.parquet`, so a killed writer cannot break the glob either.
+writes end in `.partial`, never `.parquet`, so a killed writer cannot break the glob either, and
+the commit deletes any it left.
 
 Activations are stored as float16 by default (Parquet has no bfloat16; float16 keeps 11 bits of
 mantissa, plenty for SAE training, and halves storage) or float32. A reader trusts only files

@@ -7,6 +7,7 @@ run_harvest farms the missing shards out to a Ray pool; commit_harvest writes th
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -31,7 +32,9 @@ from infra.lm.tokens import TokenSpec, pack_tokens, token_table
 from infra.parquet_io import write_parquet_atomic
 from infra.progress import PoolProgress
 from infra.ray_pool import ensure_ray, run_pool
-from infra.storage import exists, join
+from infra.storage import exists, join, remove_partials
+
+logger = logging.getLogger(__name__)
 
 
 class HarvestSpecError(ValueError):
@@ -156,6 +159,10 @@ def commit_harvest(job: HarvestJob) -> str:
     missing = [i for i, record in enumerate(records) if record is None]
     if missing:
         raise RuntimeError(f"{job.harvest}: cannot commit, shards {missing} have no marker")
+    # Every shard is committed, so a temporary file still here is a killed attempt's: not data.
+    removed = remove_partials(job.harvest)
+    if removed:
+        logger.info("%s: removed %d temporary file(s) left by killed writers", job.harvest, removed)
     config = load_model_config(job.model)
     facts = model_facts(config)
     norm_stats = {}
