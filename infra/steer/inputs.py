@@ -26,6 +26,12 @@ def check_sae_cfg(uri: str, cfg: dict[str, Any], hookpoint: str | None, d_model:
         if isinstance(cfg.get(key), bool) or not isinstance(cfg.get(key), int) or cfg[key] < 1:
             raise SteerInputError(f"SAE {uri}: cfg.json field {key}={cfg.get(key)!r} must be a positive integer")
     hook = sae_hook_name(cfg)
+    hook_out = (cfg.get("metadata") or {}).get("hook_name_out")
+    if hook_out is not None and hook_out != hook:
+        # Its decoder writes at hook_name_out, not where it reads: steering, clamping and ablating at
+        # hook_name would add output-space directions to the input. Refused rather than half right.
+        raise SteerInputError(f"SAE {uri} is a transcoder ({hook} -> {hook_out}): the steering stage takes SAEs only "
+                              "(a transcoder's latents write at another hookpoint than they read)")
     if hookpoint is not None and hook is not None and hook != hookpoint:
         raise SteerInputError(f"SAE {uri} reads hookpoint {hook!r}, not the requested {hookpoint!r}: its latents mean nothing there")
     if hookpoint is None and hook is None:

@@ -178,12 +178,16 @@ def test_the_id_changes_with_every_result_changing_setting(tiny, tmp_path):
     (dict(latents=[1], scales=[1.0, 2.0]), "tiny", "latents has 1 entries but scales has 2"),
     (dict(latents=[1], scales=[1.0]), "other_hook", "reads hookpoint 'blocks.0.hook_resid_post', not the requested"),
     (dict(latents=[1], scales=[1.0]), "wide", "has d_in=16 but the model's d_model is 32"),
+    (dict(latents=[1], scales=[1.0]), "transcoder", "is a transcoder (blocks.1.hook_resid_post -> blocks.1.hook_mlp_out)"),
     (dict(latents=[1], scales=[1.0]), None, "sae: latents, clamp_latents and ablation_latents name SAE latents"),
 ])
 def test_bad_inputs_are_one_line_before_any_compute(tiny, tmp_path, settings, sae_kind, message):
     saes = {"tiny": tiny["sae"], None: None}
     if sae_kind == "other_hook":
         saes[sae_kind] = save_sae(load_sae(tiny["sae"]), str(tmp_path / "hook"), metadata={"hook_name": "blocks.0.hook_resid_post"})
+    if sae_kind == "transcoder":
+        saes[sae_kind] = save_sae(load_sae(tiny["sae"]), str(tmp_path / "tc"),
+                                  metadata={"hook_name": TINY_HOOK, "hook_name_out": "blocks.1.hook_mlp_out"})
     if sae_kind == "wide":
         saes[sae_kind] = save_sae(build_sae(SaeConfig(architecture="topk", d_in=16, d_sae=8, k=2)), str(tmp_path / "w"),
                                   metadata={"hook_name": TINY_HOOK})
