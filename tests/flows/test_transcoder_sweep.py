@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
+import torch
 
 from flows.sweep import SweepSpec, sweep
 from infra.harvest.plan import harvest_in_process, plan_harvest
@@ -32,13 +34,18 @@ def mlp_harvest(tmp_path_factory, smollm2_cache) -> tuple[str, Path]:
     return job.harvest, base / "root"
 
 
-def test_sweep_over_kinds_splices_each_in_place_of_the_mlp_and_plots_per_kind(mlp_harvest):
+@pytest.fixture(scope="module")
+def mlp_sweep(mlp_harvest):
     harvest, root = mlp_harvest
-    swept = sweep(SweepSpec(
+    return sweep(SweepSpec(
         name="mlp6", harvest=harvest, hookpoint=MLP_IN, target_hookpoint=MLP_OUT, kinds=KINDS, architectures=["topk"],
         expansion_factors=[1.0], ks=[8, 32], lrs=[2e-3], train_tokens=256 * 40, batch_size=256, warmup_steps=5,
         eval_contexts=8, splice_contexts=4, checkpoint_every=20, shuffle_buffer=2048, root=str(root), wandb_mode="disabled",
     ))
+
+
+def test_sweep_over_kinds_splices_each_in_place_of_the_mlp_and_plots_per_kind(mlp_sweep):
+    swept = mlp_sweep
     results = read_results(swept.results)
     assert sorted(zip(results["kind"], results["k"], strict=True)) == sorted((kind, k) for kind in KINDS for k in (8, 32))
     assert (results["status"] == "finished").all()
@@ -61,3 +68,27 @@ def test_sweep_over_kinds_splices_each_in_place_of_the_mlp_and_plots_per_kind(ml
             assert metadata["hook_name"] == MLP_OUT and "hook_name_out" not in metadata
         else:
             assert (metadata["hook_name"], metadata["hook_name_out"]) == (MLP_IN, MLP_OUT)
+
+
+def test_features_of_a_transcoder_are_read_where_it_reads(mlp_harvest, mlp_sweep):
+    """The features stage on a transcoder: encoded at MLP-in (what its encoder reads), top examples are its real activations."""
+    from flows.features import FeaturesSpec, features
+    from infra.activations.store import open_activations
+    from infra.sae_store import load_sae
+
+    harvest, root = mlp_harvest
+    results = read_results(mlp_sweep.results)
+    transcoder = results[(results["kind"] == "transcoder") & (results["k"] == 8)].iloc[0].sae_uri
+    described = features(FeaturesSpec(saes=transcoder, harvest=harvest, root=str(root), contexts=8, ablation_latents=2))
+    manifest = json.loads(Path(described.manifest).read_text())
+    assert manifest["hookpoint"] == MLP_IN
+    (details,) = Path(described.folder).glob("saes/*/examples.parquet")
+    top = pd.read_parquet(details).query("kind == 'top' and rank == 0").head(5)
+    assert len(top) == 5
+    rows = open_activations(harvest, MLP_IN).to_table(columns=["seq_id", "pos", "activation"]).to_pandas()
+    model = load_sae(transcoder)
+    for example in top.itertuples():
+        row = rows[(rows["seq_id"] == example.seq_id) & (rows["pos"] == example.pos)].iloc[0]
+        with torch.no_grad():
+            value = model.encode(torch.as_tensor(row.activation, dtype=torch.float32)[None])[0, example.latent].item()
+        assert abs(value - example.value) <= 1e-3 * max(1.0, abs(value)), (example, value)
