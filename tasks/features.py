@@ -10,7 +10,7 @@ from prefect.context import TaskRunContext
 
 from infra.features.plan import FeatureSettings, FeaturesPlan, plan_features
 from infra.features.run import MANIFEST_FILE, run_features
-from infra.features.sweep_link import link_from_sweep_report
+from infra.report_links import link_from_sweep_report
 from infra.storage import exists, join, read_json
 from tasks.retry import STORAGE_RETRY, retry_unless_bad_input
 
@@ -47,7 +47,8 @@ def run_features_task(plan: FeaturesPlan, num_actors: int = 1, ray_address: str 
 def publish_features_task(plan: FeaturesPlan, result: dict[str, Any]) -> str:
     """Link the browser from the sweep report (when the SAEs are a saeflow sweep's) and as Prefect artifacts."""
     manifest = read_json(result["manifest"])
-    linked = link_from_sweep_report(plan, result["browser"])
+    linked = link_from_sweep_report([s["uri"] for s in plan.saes], "Feature browsers", plan.features_id, result["browser"],
+                                    f"{len(plan.saes)} SAEs on {plan.contexts} contexts")
     lines = [f"# Features `{plan.features_id}`", "", f"Browser: `{result['browser']}`", ""]
     lines += [f"- `{s['name']}`: {s['details']['live_latents']} of {s['d_sae']} latents fire on {manifest['tokens']} tokens"
               for s in manifest["saes"]]

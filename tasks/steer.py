@@ -8,6 +8,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.context import TaskRunContext
 
+from infra.report_links import link_from_sweep_report
 from infra.steer.plan import SteerPlan, SteerSettings, plan_steer
 from infra.steer.run import MANIFEST_FILE, run_steer
 from infra.storage import exists, join, read_bytes
@@ -38,10 +39,17 @@ def run_steer_task(plan: SteerPlan, ray_address: str | None = None) -> dict[str,
     return run_steer(plan)
 
 
-@task
+@task(**STORAGE_RETRY)
 def publish_steer_task(plan: SteerPlan, result: dict[str, Any]) -> str:
-    """The report as a Prefect markdown artifact; returns the report's URI."""
-    create_markdown_artifact(markdown=read_bytes(result["report"]).decode(), key="steer", description=f"Steering {plan.steer_id}")
+    """Link the report from the sweep report (when the SAE is a saeflow sweep's) and publish it as a Prefect artifact."""
+    markdown = read_bytes(result["report"]).decode()
+    if plan.sae is not None:
+        latents = ", ".join(map(str, plan.settings.latents)) or "none"
+        linked = link_from_sweep_report([plan.sae], "Steering runs", plan.steer_id, result["report"],
+                                        f"SAE `{plan.sae.rstrip('/').rsplit('/', 1)[-1]}`, latents {latents}, {len(plan.prompts)} prompts")
+        if linked:
+            markdown += f"\n\nLinked from the sweep report `{linked}`."
+    create_markdown_artifact(markdown=markdown, key="steer", description=f"Steering {plan.steer_id}")
     return result["report"]
 
 

@@ -26,10 +26,19 @@ def tiny(tmp_path_factory):
 def test_steer_flow_runs_on_ray_and_caches(tiny, tmp_path):
     from flows.steer import SteerSpec, steer
 
-    spec = SteerSpec(model=str(tiny["model"]), sae=tiny["sae"], harvest=tiny["harvest"], prompts=["It was the best of times"],
+    # The SAE sits where a sweep puts it, beside its sweep's report: the run gets a line there.
+    sae = save_sae(load_sae(tiny["sae"]), str(tmp_path / "saes" / "tiny-sweep-0123456789" / "topk-a"),
+                   metadata=json.loads((Path(tiny["sae"]) / "cfg.json").read_text())["metadata"])
+    report = tmp_path / "evals" / "tiny-sweep-0123456789" / "report.md"
+    report.parent.mkdir(parents=True)
+    report.write_text("# Sweep `tiny-sweep-0123456789`\n\n## Feature browsers\n\n- [f1](../../features/f1/browser.html): 1 SAEs\n")
+    spec = SteerSpec(model=str(tiny["model"]), sae=sae, harvest=tiny["harvest"], prompts=["It was the best of times"],
                      latents=[1], scales=[4.0], clamp_latents=[2], clamp_values=[20.0], max_new_tokens=4, ablation_latents=[1],
                      contexts=2, root=str(tmp_path))
     steered = steer(spec)
+    hub = report.read_text()
+    assert "- [f1](../../features/f1/browser.html)" in hub  # the features section is kept
+    assert f"## Steering runs\n\n- [{steered.steer_id}](../../steer/{steered.steer_id}/report.md): SAE `topk-a`, latents 1, 1 prompts" in hub
     folder = Path(steered.report).parent
     assert steered.generations == str(folder / "generations.parquet") and folder.name == steered.steer_id
     manifest = json.loads((folder / "_manifest.json").read_text())
@@ -37,6 +46,7 @@ def test_steer_flow_runs_on_ray_and_caches(tiny, tmp_path):
     assert len(pd.read_parquet(folder / "generations.parquet")) == 2
     stamp = (folder / "_manifest.json").stat().st_mtime_ns
     assert steer(spec) == steered and (folder / "_manifest.json").stat().st_mtime_ns == stamp
+    assert report.read_text().count(f"[{steered.steer_id}]") == 1
 
 
 def test_cli_rejects_bad_steering_inputs_in_one_line_before_compute(tiny, tmp_path, capsys):
