@@ -2,9 +2,10 @@
 
 The SAEs of a sweep live in {root}/saes/{sweep_id}/{sae_id} and its report in
 {root}/evals/{sweep_id}/report.md. The report is the sweep's hub: each later stage keeps one
-marked section at its end ("## Feature browsers", "## Steering runs") with one line per run,
-rewritten idempotently (a re-run replaces its own line; other runs and sections are kept). The
-stages' own outputs (a browser, a steering report) stay immutable, addressed by their ids.
+section ("## Feature browsers", "## Steering runs") of `- [run_id](target): summary` lines,
+rewritten in place (a re-run replaces its own line; other lines, sections and text are kept),
+and the sweep carries the sections over when it rewrites its report. The stages' own outputs
+(a browser, a steering report) stay immutable, addressed by their ids.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from collections.abc import Iterable
 
 from infra.storage import exists, join, read_bytes, write_bytes_atomic
 
-NEXT_SECTION = "\n## "
+LINK_SECTIONS = ("Feature browsers", "Steering runs")
+ENTRY = "- ["
 
 
 def sweep_report_of(sae_uris: Iterable[str]) -> str | None:
@@ -31,17 +33,43 @@ def sweep_report_of(sae_uris: Iterable[str]) -> str | None:
     return report if exists(report) else None
 
 
+def _header(section: str) -> str:
+    return f"\n## {section}\n\n"
+
+
+def _split(text: str, section: str) -> tuple[str, list[str], str, bool]:
+    """(text before the section's header, its entry lines, the text after them, whether it was found)."""
+    before, found, after = text.partition(_header(section))
+    if not found:
+        return text, [], "", False
+    lines = after.splitlines(keepends=True)
+    count = 0
+    while count < len(lines) and lines[count].startswith(ENTRY):
+        count += 1
+    return before, lines[:count], "".join(lines[count:]), True
+
+
 def link_from_sweep_report(sae_uris: Iterable[str], section: str, run_id: str, target: str, summary: str) -> str | None:
     """Add (or refresh) the line `- [run_id](target): summary` in the sweep report's `section`; the report URI or None."""
     report = sweep_report_of(sae_uris)
     if report is None:
         return None
     relative = os.path.relpath(target, posixpath.dirname(report)) if "://" not in target else target
-    line = f"- [{run_id}]({relative}): {summary}\n"
-    header = f"\n## {section}\n\n"
-    text = read_bytes(report).decode()
-    before, found, after = text.partition(header)
-    entries, next_header, rest = after.partition(NEXT_SECTION) if found else ("", "", "")
-    kept = [entry for entry in entries.splitlines(keepends=True) if entry.strip() and f"[{run_id}]" not in entry]
-    write_bytes_atomic(report, (before + header + "".join(kept) + line + next_header + rest).encode())
+    line = f"{ENTRY}{run_id}]({relative}): {summary}\n"
+    before, entries, after, _ = _split(read_bytes(report).decode(), section)
+    kept = [entry for entry in entries if not entry.startswith(f"{ENTRY}{run_id}]")]
+    write_bytes_atomic(report, (before + _header(section) + "".join(kept) + line + after).encode())
     return report
+
+
+def carried_links(report: str) -> str:
+    """The link sections of the report at `report` (nothing when it does not exist), for its rewrite to end with."""
+    if not exists(report):
+        return ""
+    text = read_bytes(report).decode()
+    carried = ""
+    for section in LINK_SECTIONS:
+        _, entries, _, found = _split(text, section)
+        if found and entries:
+            carried += _header(section) + "".join(entries)
+    return carried

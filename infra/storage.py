@@ -25,10 +25,8 @@ from fsspec import AbstractFileSystem
 
 SUPPORTED_SCHEMES = ("file", "s3", "memory")
 S3_ENDPOINT_ENV = "SAEFLOW_S3_ENDPOINT_URL"
-# What botocore reads from the environment to pick credentials, region and endpoint.
-_BOTOCORE_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE",
-                 "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_CONFIG_FILE",
-                 "AWS_SHARED_CREDENTIALS_FILE", S3_ENDPOINT_ENV)
+# Proxy variables the HTTP client reads; every AWS_* variable is botocore's (credentials, retries, CA bundle, ...).
+_PROXY_ENV = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
 _S3_CACHE_SIZE = 32
 # An atomic write's temporary sibling: ".tmp-{uuid}-{name}.partial".
 TEMP_PREFIX, TEMP_SUFFIX = ".tmp-", ".partial"
@@ -54,13 +52,13 @@ def filesystem(uri: str, **storage_options: Any) -> tuple[AbstractFileSystem, st
 def _s3_filesystem(uri: str, options: dict[str, Any]) -> tuple[AbstractFileSystem, str]:
     """One S3FileSystem per (process, options, botocore environment), reused by every call.
 
-    A new S3FileSystem builds a new botocore client, about 200 ms; a reused one answers an
-    `exists` in about 14 ms (SeaweedFS on loopback). fsspec's own instance cache keys on the
-    options only, so it would keep serving credentials the environment no longer holds: this
-    cache also keys on the botocore variables, and listings are never cached, so a reader always
-    sees what another process wrote.
+    A new S3FileSystem builds a new botocore client, about 200 ms; on a reused one a small read
+    takes about 4 ms (bench/s3_ops.py, SeaweedFS on loopback). fsspec's own instance cache keys on
+    the options only, so it would keep serving credentials the environment no longer holds: this
+    cache also keys on every AWS_* and proxy variable and on the AWS config and credentials files'
+    mtimes, and listings are never cached, so a reader always sees what another process wrote.
     """
-    state = json.dumps([os.getpid(), options, [os.environ.get(name) for name in _BOTOCORE_ENV]], sort_keys=True, default=repr)
+    state = json.dumps([os.getpid(), options, _botocore_state()], sort_keys=True, default=repr)
     key = hashlib.sha256(state.encode()).hexdigest()  # a digest: the key holds no secret
     with _S3_LOCK:
         cached = _S3_FILESYSTEMS.get(key)
@@ -70,6 +68,19 @@ def _s3_filesystem(uri: str, options: dict[str, Any]) -> tuple[AbstractFileSyste
             cached, _ = fsspec.core.url_to_fs(uri, **options)
             _S3_FILESYSTEMS[key] = cached
     return cached, cached._strip_protocol(uri)
+
+
+def _botocore_state() -> list[Any]:
+    """What a botocore client is built from besides the options: AWS_*, proxy and saeflow variables, and the AWS files' mtimes."""
+    env = sorted((k, v) for k, v in os.environ.items() if k.startswith("AWS_") or k in _PROXY_ENV or k == S3_ENDPOINT_ENV)
+    files = []
+    for variable, default in (("AWS_CONFIG_FILE", "~/.aws/config"), ("AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials")):
+        path = os.path.expanduser(os.environ.get(variable) or default)
+        try:
+            files.append((path, os.stat(path).st_mtime_ns))
+        except OSError:
+            files.append((path, None))
+    return [env, files]
 
 
 def s3_storage_options(explicit: dict[str, Any]) -> dict[str, Any]:

@@ -102,8 +102,8 @@ def query_activations(args: argparse.Namespace) -> int:
 def read_results_table(uri: str):
     """A results.parquet as pandas (what infra.sweep.run.read_results does, without its torch import).
 
-    Read on this thread alone: the table is small, and a short-lived CLI process that started
-    Arrow's thread pools can abort at exit while a pool thread is still being torn down
+    Read with Arrow's threading off (no thread pool, no pre-buffering): the table is small, and a
+    short-lived CLI process can abort at exit while an Arrow pool thread is being torn down
     ("terminate called without an active exception", apache/arrow#34314), seen once in the suite.
     """
     import io
@@ -112,7 +112,7 @@ def read_results_table(uri: str):
 
     from infra.storage import read_bytes
 
-    return pq.read_table(io.BytesIO(read_bytes(uri)), use_threads=False).to_pandas(use_threads=False)
+    return pq.read_table(io.BytesIO(read_bytes(uri)), use_threads=False, pre_buffer=False).to_pandas(use_threads=False)
 
 
 def query_results(args: argparse.Namespace) -> int:

@@ -39,14 +39,16 @@ def run_steer_task(plan: SteerPlan, ray_address: str | None = None) -> dict[str,
     return run_steer(plan)
 
 
-@task(**STORAGE_RETRY)
+@task(**STORAGE_RETRY, retry_condition_fn=retry_unless_bad_input)
 def publish_steer_task(plan: SteerPlan, result: dict[str, Any]) -> str:
     """Link the report from the sweep report (when the SAE is a saeflow sweep's) and publish it as a Prefect artifact."""
     markdown = read_bytes(result["report"]).decode()
     if plan.sae is not None:
-        latents = ", ".join(map(str, plan.settings.latents)) or "none"
-        linked = link_from_sweep_report([plan.sae], "Steering runs", plan.steer_id, result["report"],
-                                        f"SAE `{plan.sae.rstrip('/').rsplit('/', 1)[-1]}`, latents {latents}, {len(plan.prompts)} prompts")
+        s = plan.settings
+        used = [f"{what} {', '.join(map(str, latents))}" for what, latents in
+                (("steered", s.latents), ("clamped", s.clamp_latents), ("ablated", s.ablation_latents)) if latents]
+        summary = ", ".join([f"SAE `{plan.sae.rstrip('/').rsplit('/', 1)[-1]}`", *used, f"{len(plan.prompts)} prompts"])
+        linked = link_from_sweep_report([plan.sae], "Steering runs", plan.steer_id, result["report"], summary)
         if linked:
             markdown += f"\n\nLinked from the sweep report `{linked}`."
     create_markdown_artifact(markdown=markdown, key="steer", description=f"Steering {plan.steer_id}")

@@ -11,6 +11,7 @@ from prefect.context import TaskRunContext
 from infra.cost import sweep_cost
 from infra.features.mcs import mcs_section
 from infra.ids import spec_hash
+from infra.report_links import carried_links
 from infra.storage import join, read_json, write_bytes_atomic
 from infra.sweep.grid import ARCHITECTURE_KNOBS, K_ARCHITECTURES, SweepPlan, group_points, memory_budget_bytes, plan_sweep
 from infra.sweep.layers import LayerSummary, LayerSweep, write_layer_summary
@@ -142,6 +143,7 @@ def report_task(plan: SweepPlan, results_uri: str) -> str:
     finished = frame[frame["status"] == "finished"]
     markdown += mcs_section(folder, dict(zip(finished["sae_id"], finished["sae_uri"], strict=True)))
     report_uri = join(folder, "report.md")
+    markdown += carried_links(report_uri)  # a re-run keeps the links later stages added (feature browsers, steering runs)
     write_bytes_atomic(report_uri, markdown.encode())
     create_table_artifact(table=table.to_dict(orient="records"), key="sweep-results", description=f"Sweep {plan.sweep_id}")
     create_markdown_artifact(markdown=markdown, key="sweep-report", description=f"Sweep {plan.sweep_id}")

@@ -114,6 +114,19 @@ class ShardHarvester:
                 acts = capture_activations(self.model, self.hookpoints, input_ids_BS, mask_BS)
             for hp in job.hookpoints:
                 captured[hp].append(acts[hp].float().reshape(-1, acts[hp].shape[-1]).cpu().numpy().astype(np_dtype))
+        try:
+            return self._write_shard(index, contexts, captured, started)
+        except FileNotFoundError:
+            # Another run of this harvest id committed meanwhile and removed our temporary file
+            # (storage.remove_partials); its shard holds the same rows, so its marker is the answer.
+            done = read_marker(job.harvest, index)
+            if done is None:
+                raise
+            return done
+
+    def _write_shard(self, index: int, contexts: range, captured: dict[str, list[np.ndarray]], started: float) -> dict[str, Any]:
+        """Write shard `index`'s file per hookpoint, then its marker (last); returns the marker's record."""
+        job = self.job
         seq_N = np.repeat(np.arange(contexts.start, contexts.stop, dtype=np.int64), job.context_length)
         pos_N = np.tile(np.arange(job.context_length, dtype=np.int32), len(contexts))
         token_N = self.tokens.token_ids_NS[contexts.start : contexts.stop].reshape(-1)

@@ -26,7 +26,7 @@ def check_sae_cfg(uri: str, cfg: dict[str, Any], hookpoint: str | None, d_model:
         if isinstance(cfg.get(key), bool) or not isinstance(cfg.get(key), int) or cfg[key] < 1:
             raise SteerInputError(f"SAE {uri}: cfg.json field {key}={cfg.get(key)!r} must be a positive integer")
     hook = sae_hook_name(cfg)
-    hook_out = (cfg.get("metadata") or {}).get("hook_name_out")
+    hook_out = (cfg.get("metadata") or {}).get("hook_name_out") or cfg.get("hook_name_out")
     if hook_out is not None and hook_out != hook:
         # Its decoder writes at hook_name_out, not where it reads: steering, clamping and ablating at
         # hook_name would add output-space directions to the input. Refused rather than half right.

@@ -169,8 +169,15 @@ def test_serve_deploys_everything_a_worker_runs_the_demo_and_sigterm_stops_it_al
         serve.proc.send_signal(signal.SIGTERM)
         assert serve.proc.wait(60) == 0
     finally:
-        if serve.proc.poll() is None:
-            serve.proc.kill()
+        if serve.proc.poll() is None:  # a failure above: stop serve its own way, then whatever it left
+            leftover = psutil.Process(serve.proc.pid).children(recursive=True)
+            serve.proc.send_signal(signal.SIGTERM)
+            try:
+                serve.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                serve.proc.kill()
+            for proc in psutil.wait_procs(leftover, timeout=20)[1]:
+                proc.kill()
     _, alive = psutil.wait_procs(children, timeout=20)
     assert not alive, [p.cmdline()[:4] for p in alive if p.is_running()]
     assert not api_reachable(serve.api_url)

@@ -38,7 +38,8 @@ def test_steer_flow_runs_on_ray_and_caches(tiny, tmp_path):
     steered = steer(spec)
     hub = report.read_text()
     assert "- [f1](../../features/f1/browser.html)" in hub  # the features section is kept
-    assert f"## Steering runs\n\n- [{steered.steer_id}](../../steer/{steered.steer_id}/report.md): SAE `topk-a`, latents 1, 1 prompts" in hub
+    line = f"- [{steered.steer_id}](../../steer/{steered.steer_id}/report.md): SAE `topk-a`, steered 1, clamped 2, ablated 1, 1 prompts"
+    assert f"## Steering runs\n\n{line}\n" in hub
     folder = Path(steered.report).parent
     assert steered.generations == str(folder / "generations.parquet") and folder.name == steered.steer_id
     manifest = json.loads((folder / "_manifest.json").read_text())

@@ -14,6 +14,7 @@ from flows.sweep import SweepSpec, sweep
 from infra.activations.store import read_manifest
 from infra.harvest.plan import harvest_in_process, plan_harvest
 from infra.lm.tokens import BUILTIN_PYDOC, TokenSpec
+from infra.report_links import link_from_sweep_report
 from infra.sae_store import load_sae
 from infra.sweep.grid import SweepSpecError
 from infra.sweep.run import read_results
@@ -98,9 +99,13 @@ def test_sweep_trains_evaluates_reports_and_caches(stored_harvest, monkeypatch):
     def must_not_train(*args, **kwargs):
         raise AssertionError("nothing should be trained again")
 
+    # A later stage linked a steering run from the report; the re-run rewrites the report and keeps the link.
+    sae_uris = list(results["sae_uri"])
+    link_from_sweep_report(sae_uris, "Steering runs", "s1", str(root / "steer" / "s1" / "report.md"), "steered 3")
     monkeypatch.setattr(tasks.sweep, "run_groups", must_not_train)
     assert sweep(spec(harvest, root)) == swept
     monkeypatch.undo()
+    assert Path(report_uri).read_text().endswith("\n## Steering runs\n\n- [s1](../../steer/s1/report.md): steered 3\n")
 
     trained = []
     real_run_groups = tasks.sweep.run_groups

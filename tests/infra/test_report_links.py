@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from infra.report_links import link_from_sweep_report, sweep_report_of
+from infra.report_links import carried_links, link_from_sweep_report, sweep_report_of
 
 SWEEP = "tiny-sweep-0123456789"
 
@@ -38,3 +38,17 @@ def test_no_link_without_one_sweep_and_its_report(tmp_path: Path):
     assert sweep_report_of([str(tmp_path / "loose" / "sae")]) is None  # not under saes/{sweep_id}
     report.unlink()
     assert link_from_sweep_report(saes, "Steering runs", "s1", str(tmp_path / "s1.md"), "x") is None
+
+
+def test_a_section_ends_where_its_lines_end_and_a_rewritten_report_carries_the_links(tmp_path: Path):
+    saes, report = sweep_layout(tmp_path)
+    link_from_sweep_report(saes, "Steering runs", "s1", str(tmp_path / "steer" / "s1" / "report.md"), "a")
+    report.write_text(report.read_text() + "\nA note someone added by hand.\n")
+    link_from_sweep_report(saes, "Steering runs", "s2", str(tmp_path / "steer" / "s2" / "report.md"), "b")
+    text = report.read_text()
+    assert text.endswith("- [s1](../../steer/s1/report.md): a\n- [s2](../../steer/s2/report.md): b\n\nA note someone added by hand.\n")
+    link_from_sweep_report(saes, "Feature browsers", "f1", str(tmp_path / "features" / "f1" / "browser.html"), "c")
+    # The sweep rewrites its report (a re-run of the nightly spec): the link sections come along, nothing else.
+    assert carried_links(str(report)) == ("\n## Feature browsers\n\n- [f1](../../features/f1/browser.html): c\n"
+                                          "\n## Steering runs\n\n- [s1](../../steer/s1/report.md): a\n- [s2](../../steer/s2/report.md): b\n")
+    assert carried_links(str(tmp_path / "no-report.md")) == ""

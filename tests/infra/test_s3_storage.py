@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import uuid
+from pathlib import Path
 
 import pytest
 import torch
@@ -49,7 +51,7 @@ def test_env_configures_s3_filesystem(s3_env: S3Server, prefix: str, monkeypatch
     assert path == f"{prefix.removeprefix('s3://')}/a.bin"
     assert fs.endpoint_url == s3_env.endpoint_url
     assert fs.config_kwargs["s3"] == {"addressing_style": "path"}
-    # No instance cache: a changed endpoint is honoured by the next call.
+    # The client cache keys on the environment: a changed endpoint is honoured by the next call.
     monkeypatch.setenv(S3_ENDPOINT_ENV, "http://127.0.0.1:9")
     other, _ = filesystem(f"{prefix}/a.bin")
     assert other is not fs and other.endpoint_url == "http://127.0.0.1:9"
@@ -118,8 +120,8 @@ def test_wrong_credentials_are_not_cached(s3_env: S3Server, prefix: str, monkeyp
     assert read_bytes(uri) == b"payload"
 
 
-def test_one_client_per_environment_and_listings_never_stale(s3_env: S3Server, prefix: str,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_one_client_per_environment_and_listings_never_stale(s3_env: S3Server, prefix: str, monkeypatch: pytest.MonkeyPatch,
+                                                              tmp_path: Path) -> None:
     fs, path = filesystem(prefix)
     assert filesystem(f"{prefix}/other.json")[0] is fs  # reused: a new botocore client costs ~200 ms per call
     write_json_atomic(f"{prefix}/a.json", {"a": 1})
@@ -131,6 +133,13 @@ def test_one_client_per_environment_and_listings_never_stale(s3_env: S3Server, p
     assert [key.rsplit("/", 1)[-1] for key in fs.find(path)] == ["a.json", "b.json"] and fs.exists(f"{path}/b.json")
     monkeypatch.setenv("AWS_SESSION_TOKEN", "rotated")  # any botocore variable changing means a new client
     assert filesystem(prefix)[0] is not fs
+    monkeypatch.delenv("AWS_SESSION_TOKEN")
+    credentials = tmp_path / "credentials"  # and so does an edit of the credentials file
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
+    credentials.write_text("[default]\n")
+    before = filesystem(prefix)[0]
+    os.utime(credentials, ns=(1, 1))
+    assert filesystem(prefix)[0] is not before
 
 
 def test_credentials_are_never_logged_or_stored(s3_env: S3Server, prefix: str, caplog: pytest.LogCaptureFixture) -> None:
