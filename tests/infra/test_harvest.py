@@ -104,6 +104,30 @@ def test_commit_removes_what_a_killed_writer_left(models, tmp_path):
     assert validate_harvest(job.harvest, read_manifest(job.harvest))["shards"] == job.num_shards
 
 
+def test_a_shard_write_undone_by_a_concurrent_commit_returns_the_committed_marker(models, tmp_path, monkeypatch):
+    """Two runs of one harvest id: the first commits and removes the second's temporary file mid-write."""
+    import infra.harvest.worker as worker
+
+    job = plan(models["gpt_neox"], str(tmp_path), hookpoints=["blocks.1.hook_resid_post"])
+    harvester = ShardHarvester(job, device="cpu")
+    committed = harvester.harvest(0)
+    real_read_marker, reads = worker.read_marker, []
+
+    def read_marker(harvest, index):  # the second run started before the first's marker existed
+        reads.append(index)
+        return None if len(reads) == 1 else real_read_marker(harvest, index)
+
+    def removed_under_us(*args, **kwargs):
+        raise FileNotFoundError("the temporary file was removed by the other run's commit")
+
+    monkeypatch.setattr(worker, "read_marker", read_marker)
+    monkeypatch.setattr(worker, "write_shard_file", removed_under_us)
+    assert harvester.harvest(0) == committed and reads == [0, 0]  # it wrote, lost its file, read the marker
+    monkeypatch.setattr(worker, "read_marker", lambda harvest, index: None)  # no marker: the error is real
+    with pytest.raises(FileNotFoundError):
+        harvester.harvest(0)
+
+
 @pytest.mark.e2e
 def test_actor_killed_mid_run_still_yields_every_shard_once(models, tmp_path, ray_local):
     job = plan(models["llama"], str(tmp_path))
