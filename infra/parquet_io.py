@@ -26,6 +26,6 @@ def write_parquet_atomic(uri: str, table: pa.Table | pd.DataFrame, **write_optio
     write_bytes_atomic(uri, parquet_bytes(table, **write_options))
 
 
-def read_parquet(uri: str) -> pa.Table:
-    """The Parquet file at uri as an Arrow table."""
-    return pq.read_table(io.BytesIO(read_bytes(uri)))
+def read_parquet(uri: str, use_threads: bool = True) -> pa.Table:
+    """The Parquet file at uri as an Arrow table; use_threads=False keeps Arrow's thread pools (and pre-buffering) off."""
+    return pq.read_table(io.BytesIO(read_bytes(uri)), use_threads=use_threads, pre_buffer=use_threads)

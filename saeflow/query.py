@@ -106,13 +106,9 @@ def read_results_table(uri: str):
     short-lived CLI process can abort at exit while an Arrow pool thread is being torn down
     ("terminate called without an active exception", apache/arrow#34314), seen once in the suite.
     """
-    import io
+    from infra.parquet_io import read_parquet
 
-    import pyarrow.parquet as pq
-
-    from infra.storage import read_bytes
-
-    return pq.read_table(io.BytesIO(read_bytes(uri)), use_threads=False, pre_buffer=False).to_pandas(use_threads=False)
+    return read_parquet(uri, use_threads=False).to_pandas(use_threads=False)
 
 
 def query_results(args: argparse.Namespace) -> int:
